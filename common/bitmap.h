@@ -1,0 +1,78 @@
+/* nbdsnap common: packed arrays of 2-bit block states, updated atomically.
+ *
+ * A block state array holds one 2-bit value per block, 32 per 64-bit
+ * word.  Reads and updates are lock-free (C11-style __atomic builtins),
+ * so many connections can mark blocks at once.
+ */
+#ifndef NBDSNAP_BITMAP_H
+#define NBDSNAP_BITMAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define BSTATE_ABSENT 0   /* block not held by this layer */
+#define BSTATE_DATA   1   /* block held, data in the layer's data file */
+#define BSTATE_ZERO   2   /* block held, reads as zeroes */
+
+struct bstate {
+  uint64_t *words;        /* 32 states per word */
+  uint64_t nblocks;
+  size_t nwords;
+};
+
+/* Allocate an all-ABSENT array for nblocks blocks.  Returns -1 on ENOMEM. */
+int bstate_init (struct bstate *bs, uint64_t nblocks)
+  __attribute__ ((nonnull (1)));
+
+/* Free the array. */
+void bstate_free (struct bstate *bs) __attribute__ ((nonnull (1)));
+
+/* Read the state of block blk (atomic, acquire). */
+static inline unsigned
+bstate_get (const struct bstate *bs, uint64_t blk)
+{
+  uint64_t w = __atomic_load_n (&bs->words[blk >> 5], __ATOMIC_ACQUIRE);
+  return (w >> ((blk & 31) * 2)) & 3;
+}
+
+/* Set the state of block blk, returning the previous state (atomic). */
+unsigned bstate_set (struct bstate *bs, uint64_t blk, unsigned v)
+  __attribute__ ((nonnull (1)));
+
+/* True if any block in [first, first+n) is not ABSENT. */
+bool bstate_any (const struct bstate *bs, uint64_t first, uint64_t n)
+  __attribute__ ((nonnull (1)));
+
+/* Number of blocks that are not ABSENT. */
+uint64_t bstate_count (const struct bstate *bs) __attribute__ ((nonnull (1)));
+
+/* Presence mask of a word: bit pair set to 01 for every non-ABSENT block,
+ * i.e. (w | w >> 1) & 0x5555...  Used to OR presence of many layers.
+ */
+static inline uint64_t
+bstate_presence (uint64_t w)
+{
+  return (w | (w >> 1)) & UINT64_C (0x5555555555555555);
+}
+
+/* A plain (non-atomic) bit set, one bit per block. */
+struct bitset {
+  uint64_t *words;
+  uint64_t nbits;
+};
+
+int bitset_init (struct bitset *b, uint64_t nbits) __attribute__ ((nonnull (1)));
+void bitset_free (struct bitset *b) __attribute__ ((nonnull (1)));
+static inline bool
+bitset_get (const struct bitset *b, uint64_t i)
+{
+  return (b->words[i >> 6] >> (i & 63)) & 1;
+}
+static inline void
+bitset_set (struct bitset *b, uint64_t i)
+{
+  b->words[i >> 6] |= UINT64_C (1) << (i & 63);
+}
+
+#endif /* NBDSNAP_BITMAP_H */

@@ -1,0 +1,64 @@
+/* nbdsnap common: command policy. */
+#include <config.h>
+
+#include <string.h>
+#include <sys/socket.h>
+
+#include <nbdkit-filter.h>
+
+#include "policy.h"
+
+int
+policy_parse (const char *value, unsigned *policy)
+{
+  char buf[64];
+  char *tok, *save = NULL;
+  unsigned p = 0;
+
+  if (strcmp (value, "none") == 0) { *policy = 0; return 0; }
+  if (strcmp (value, "any") == 0) { *policy = POLICY_ANY; return 0; }
+  if (strlen (value) >= sizeof buf || value[0] == '\0')
+    return -1;
+  strcpy (buf, value);
+  for (tok = strtok_r (buf, ",", &save); tok;
+       tok = strtok_r (NULL, ",", &save)) {
+    if (strcmp (tok, "unix") == 0) p |= POLICY_UNIX;
+    else if (strcmp (tok, "tls") == 0) p |= POLICY_TLS;
+    else return -1;
+  }
+  if (p == 0)
+    return -1;
+  *policy = p;
+  return 0;
+}
+
+bool
+policy_allows (unsigned policy, int is_tls)
+{
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+
+  if (policy & POLICY_ANY)
+    return true;
+  if ((policy & POLICY_TLS) && is_tls)
+    return true;
+  if (policy & POLICY_UNIX) {
+    memset (&ss, 0, sizeof ss);
+    if (nbdkit_peer_name ((struct sockaddr *) &ss, &len) == 0 &&
+        ss.ss_family == AF_UNIX)
+      return true;
+  }
+  return false;
+}
+
+const char *
+policy_name (unsigned policy)
+{
+  if (policy & POLICY_ANY) return "any";
+  switch (policy) {
+  case 0: return "none";
+  case POLICY_UNIX: return "unix";
+  case POLICY_TLS: return "tls";
+  default: return "unix,tls";
+  }
+}

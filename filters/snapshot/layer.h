@@ -1,0 +1,77 @@
+/* nbdsnap snapshot filter: one copy-on-write layer.
+ *
+ * A layer is a sparse data file (block N at byte N * block_size) plus a
+ * 2-bit state per block (absent / data / zero), persisted as a map file.
+ * Frozen layers are snapshots; exactly one layer, the active layer,
+ * takes writes.  See docs/snapshot-format.md for the bytes on disk.
+ */
+#ifndef NBDSNAP_SNAPSHOT_LAYER_H
+#define NBDSNAP_SNAPSHOT_LAYER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <inttypes.h>
+#include <stdint.h>
+
+#include "bitmap.h"
+#include "exportname.h"
+
+struct layer {
+  uint64_t id;                  /* persistent, never reused */
+  uint16_t slot;                /* index in the store's slot table, 1.. */
+  char name[NAME_MAX_LEN + 1];  /* snapshot name; "" for the active layer */
+  struct layer *parent;         /* NULL: the plugin's disk */
+  int64_t created;              /* seconds since the epoch (frozen layers) */
+  bool active;                  /* the layer taking writes */
+  bool deleting;                /* being merged into its children */
+  bool detached;                /* removed from the table, freed at refs 0 */
+  int fd;                       /* data file */
+  struct bstate st;             /* per-block states */
+  uint64_t held;                /* atomic: blocks not ABSENT */
+  uint64_t gen;                 /* atomic: bumped on every state change */
+  uint64_t saved_gen;           /* gen last written to the map file */
+  pthread_mutex_t save_lock;    /* serializes layer_save */
+  unsigned refs;                /* table + open views (store lock) */
+};
+
+struct layer_geom {
+  uint32_t block_size;
+  uint64_t disk_size;
+  uint64_t nblocks;
+};
+
+/* Allocate a layer and open (create if create) its data file. */
+struct layer *layer_open (int dirfd, uint64_t id, const struct layer_geom *g,
+                          bool create, char *why, size_t whylen)
+  __attribute__ ((nonnull (3, 5)));
+
+/* Load the map file into l->st, validating it against g.  -1 with why. */
+int layer_load_map (int dirfd, struct layer *l, const struct layer_geom *g,
+                    char *why, size_t whylen)
+  __attribute__ ((nonnull (2, 3, 4)));
+
+/* Make the layer durable: fdatasync its data, then (if it changed since
+ * the last save, or force) write its map atomically.  -1 and errno.
+ */
+int layer_save (int dirfd, struct layer *l, const struct layer_geom *g,
+                bool force)
+  __attribute__ ((nonnull (2, 3)));
+
+/* Record that blocks changed (call after bstate updates). */
+static inline void
+layer_touch (struct layer *l)
+{
+  __atomic_add_fetch (&l->gen, 1, __ATOMIC_RELEASE);
+}
+
+/* Remove a layer's files (data, map). */
+void layer_unlink (int dirfd, uint64_t id);
+
+/* Close the data file and free the layer. */
+void layer_free (struct layer *l);
+
+/* File names of a layer. */
+void layer_data_name (uint64_t id, char *buf, size_t len);
+void layer_map_name (uint64_t id, char *buf, size_t len);
+
+#endif /* NBDSNAP_SNAPSHOT_LAYER_H */

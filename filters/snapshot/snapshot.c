@@ -1,0 +1,577 @@
+/* nbdsnap snapshot filter: nbdkit callbacks.
+ *
+ * Each connection is one of:
+ *   LIVE     the live disk: reads through the owner map, writes into the
+ *            active layer (the plugin is only ever read);
+ *   VIEW     a read-only snapshot (@snapshot/NAME) or change map
+ *            (@snapshot:diff/...);
+ *   COMMAND  @snapshot:VERB/...: performed at open, content = JSON result;
+ *   PASS     an @name for a filter below us: passed through unchanged.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "exportname.h"
+#include "json.h"
+#include "policy.h"
+#include "store.h"
+
+enum kind { LIVE, VIEW, COMMAND, PASS };
+
+struct handle {
+  enum kind kind;
+  bool writable;                /* LIVE: counted as a writer */
+  struct view view;             /* LIVE and VIEW */
+  char *json;                   /* COMMAND */
+  size_t json_len;
+  char desc[160];               /* export description */
+};
+
+static struct store_config cfg;
+static unsigned policy = POLICY_DEFAULT;
+static nbdkit_backend *backend;
+
+static int
+snapshot_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+                 const char *key, const char *value)
+{
+  if (strcmp (key, "snapshot-dir") == 0) {
+    free ((char *) cfg.dir);
+    cfg.dir = nbdkit_absolute_path (value);
+    return cfg.dir ? 0 : -1;
+  }
+  if (strcmp (key, "snapshot-block-size") == 0) {
+    int64_t r = nbdkit_parse_size (value);
+    if (r == -1)
+      return -1;
+    if (r < 4096 || r > 16 * 1024 * 1024 || (r & (r - 1)) != 0) {
+      nbdkit_error ("snapshot-block-size=%s: must be a power of two from "
+                    "4K to 16M", value);
+      return -1;
+    }
+    cfg.block_size = r;
+    return 0;
+  }
+  if (strcmp (key, "snapshot-commands") == 0) {
+    if (policy_parse (value, &policy) == -1) {
+      nbdkit_error ("snapshot-commands=%s: expected none, any, unix, tls "
+                    "or unix,tls", value);
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "snapshot-revert-on-close") == 0) {
+    char why[128];
+    if (!name_valid (value, why, sizeof why)) {
+      nbdkit_error ("snapshot-revert-on-close=%s: %s", value, why);
+      return -1;
+    }
+    cfg.revert_on_close = strdup (value);
+    return 0;
+  }
+  if (strncmp (key, "snapshot-", 9) == 0) {
+    nbdkit_error ("unknown parameter '%s' (the snapshot filter takes "
+                  "snapshot-dir, snapshot-block-size, snapshot-commands, "
+                  "snapshot-revert-on-close)", key);
+    return -1;
+  }
+  return next (nxdata, key, value);
+}
+
+static int
+snapshot_config_complete (nbdkit_next_config_complete *next,
+                          nbdkit_backend *nxdata)
+{
+  if (cfg.dir == NULL) {
+    nbdkit_error ("the snapshot filter needs snapshot-dir=DIR");
+    return -1;
+  }
+  backend = nxdata;
+  return next (nxdata);
+}
+
+#define snapshot_config_help \
+  "snapshot-dir=DIR          (required) Where layers and state are kept.\n" \
+  "snapshot-block-size=SIZE  Copy-on-write block size (default 64K).\n" \
+  "snapshot-commands=WHO     none|unix|tls|unix,tls|any (default unix,tls).\n" \
+  "snapshot-revert-on-close=NAME  Revert to NAME when the last client leaves."
+
+static int
+snapshot_thread_model (void)
+{
+  return NBDKIT_THREAD_MODEL_PARALLEL;
+}
+
+static int
+snapshot_get_ready (int thread_model)
+{
+  return store_start (&cfg, backend);
+}
+
+static int
+snapshot_after_fork (nbdkit_backend *b)
+{
+  return store_after_fork ();
+}
+
+static void
+snapshot_cleanup (nbdkit_backend *b)
+{
+  store_stop ();
+}
+
+static void
+add_view (const char *name, void *opaque)
+{
+  struct nbdkit_exports *exports = opaque;
+  char buf[NAME_MAX_LEN + 16], desc[NAME_MAX_LEN + 64];
+
+  snprintf (buf, sizeof buf, "@snapshot/%s", name);
+  snprintf (desc, sizeof desc, "snapshot %s (read-only)", name);
+  nbdkit_add_export (exports, buf, desc);
+}
+
+static int
+snapshot_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
+                       int readonly, int is_tls,
+                       struct nbdkit_exports *exports)
+{
+  if (next (nxdata, readonly, exports) == -1)
+    return -1;
+  store_foreach_snapshot (add_view, exports);
+  return 0;
+}
+
+/* Run a command; the result document goes into h->json. */
+static void
+run_command (struct handle *h, const struct export_name *en, int readonly,
+             int is_tls)
+{
+  struct jbuf j = { 0 };
+  const char *ename = NULL;
+  char why[512] = "";
+  const char *verb = en->verb;
+  bool mutating = strcmp (verb, "list") != 0;
+  int r = -1;
+
+  jb_printf (&j, "{\"filter\":\"snapshot\",\"command\":");
+  jb_str (&j, verb);
+  {
+    struct jbuf body = { 0 };
+
+    if (mutating && readonly) {
+      ename = "EROFS";
+      snprintf (why, sizeof why, "the server is read-only: '%s' is refused",
+                verb);
+    }
+    else if (mutating && !policy_allows (policy, is_tls)) {
+      ename = "EPERM";
+      snprintf (why, sizeof why, "this client may not run '%s' "
+                "(snapshot-commands=%s)", verb, policy_name (policy));
+    }
+    else if (strcmp (verb, "list") == 0 && en->nargs == 0)
+      r = store_cmd_list (&body);
+    else if (strcmp (verb, "create") == 0 && en->nargs == 1)
+      r = store_cmd_create (en->args[0], &body, &ename, why, sizeof why);
+    else if (strcmp (verb, "delete") == 0 && en->nargs == 1)
+      r = store_cmd_delete (en->args[0], &body, &ename, why, sizeof why);
+    else if (strcmp (verb, "revert") == 0 &&
+             (en->nargs == 1 ||
+              (en->nargs == 2 && strcmp (en->args[1], "force") == 0)))
+      r = store_cmd_revert (en->args[0], en->nargs == 2, &body,
+                            &ename, why, sizeof why);
+    else {
+      ename = "EINVAL";
+      snprintf (why, sizeof why, "bad arguments for '%s' (see "
+                "nbdkit-snapshot-filter(1))", verb);
+    }
+    if (r == 0) {
+      jb_printf (&j, ",\"ok\":true%s", body.p ? body.p : "");
+    }
+    else {
+      jb_printf (&j, ",\"ok\":false,\"errno\":");
+      jb_str (&j, ename ? ename : "EIO");
+      jb_printf (&j, ",\"error\":");
+      jb_str (&j, why);
+      nbdkit_debug ("snapshot: %s failed: %s", verb, why);
+    }
+    jb_free (&body);
+  }
+  jb_printf (&j, "}\n");
+  h->json = j.p;
+  h->json_len = j.oom ? 0 : j.len;
+}
+
+static void *
+snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
+               int readonly, const char *exportname, int is_tls)
+{
+  struct handle *h;
+  struct export_name en;
+  char why[512];
+  const char *ename;
+
+  h = calloc (1, sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+
+  switch (export_name_parse (exportname, "snapshot", &en, why, sizeof why)) {
+  case EXPORT_BAD:
+    nbdkit_error ("snapshot: bad export name %s", why);
+    goto err;
+
+  case EXPORT_OTHER:
+    /* For a filter below us; the handshake in .prepare checks that
+     * somebody there understood it.
+     */
+    h->kind = PASS;
+    if (next (nxdata, 1, exportname) == -1)
+      goto err;
+    return h;
+
+  case EXPORT_LIVE:
+    h->kind = LIVE;
+    h->view.live = true;
+    h->writable = !readonly;
+    if (next (nxdata, 1, exportname) == -1)
+      goto err;
+    store_live_open (h->writable);
+    snprintf (h->desc, sizeof h->desc, "live disk");
+    return h;
+
+  case EXPORT_VIEW:
+    h->kind = VIEW;
+    if (store_view_open (&h->view, en.args[0], NULL, &ename, why,
+                         sizeof why) == -1) {
+      nbdkit_error ("snapshot: %s: %s", exportname, why);
+      goto err;
+    }
+    if (next (nxdata, 1, "") == -1) {
+      store_view_close (&h->view);
+      goto err;
+    }
+    snprintf (h->desc, sizeof h->desc, "nbdsnap:snapshot view %s",
+              en.args[0]);
+    return h;
+
+  case EXPORT_VERB:
+    if (strcmp (en.verb, "diff") == 0) {
+      if (en.nargs < 1 || en.nargs > 2) {
+        nbdkit_error ("snapshot: %s: expected @snapshot:diff/BASE or "
+                      "@snapshot:diff/BASE/NAME", exportname);
+        goto err;
+      }
+      h->kind = VIEW;
+      if (store_view_open (&h->view, en.nargs == 2 ? en.args[1] : NULL,
+                           en.args[0], &ename, why, sizeof why) == -1) {
+        nbdkit_error ("snapshot: %s: %s", exportname, why);
+        goto err;
+      }
+      if (next (nxdata, 1, "") == -1) {
+        store_view_close (&h->view);
+        goto err;
+      }
+      snprintf (h->desc, sizeof h->desc, "nbdsnap:snapshot change map");
+      return h;
+    }
+    if (strcmp (en.verb, "list") && strcmp (en.verb, "create") &&
+        strcmp (en.verb, "revert") && strcmp (en.verb, "delete")) {
+      nbdkit_error ("snapshot: %s: unknown command '%s' (known: create, "
+                    "list, revert, delete, diff)", exportname, en.verb);
+      goto err;
+    }
+    h->kind = COMMAND;
+    run_command (h, &en, readonly, is_tls);
+    if (h->json == NULL) {
+      nbdkit_error ("snapshot: out of memory");
+      goto err;
+    }
+    snprintf (h->desc, sizeof h->desc, "nbdsnap:snapshot command %s",
+              en.verb);
+    return h;
+  }
+ err:
+  free (h);
+  return NULL;
+}
+
+static void
+snapshot_close (void *handle)
+{
+  struct handle *h = handle;
+
+  if (h->kind == LIVE)
+    store_live_close (h->writable);
+  else if (h->kind == VIEW)
+    store_view_close (&h->view);
+  free (h->json);
+  free (h);
+}
+
+static int
+snapshot_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  struct handle *h = handle;
+
+  if (h->kind == PASS) {
+    const char *d = next->export_description (next);
+    if (d == NULL || strncmp (d, "nbdsnap:", 8) != 0) {
+      nbdkit_error ("snapshot: no filter below the snapshot filter "
+                    "understands this export name (is the filter it names "
+                    "loaded, and below this one?)");
+      return -1;
+    }
+    return 0;
+  }
+  if ((h->kind == LIVE || h->kind == VIEW) &&
+      next->get_size (next) != (int64_t) store_size ()) {
+    nbdkit_error ("snapshot: the plugin's disk changed size under us");
+    return -1;
+  }
+  /* nbdkit asserts that can_extents was asked before extents is used. */
+  if ((h->kind == LIVE || h->kind == VIEW) && next->can_extents (next) == -1)
+    return -1;
+  return 0;
+}
+
+static int64_t
+snapshot_get_size (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+
+  switch (h->kind) {
+  case PASS: return next->get_size (next);
+  case COMMAND: return h->json_len;
+  default: return store_size ();
+  }
+}
+
+static const char *
+snapshot_export_description (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+
+  if (h->kind == PASS)
+    return next->export_description (next);
+  if (h->kind == LIVE && next)
+    return next->export_description (next);
+  return nbdkit_strdup_intern (h->desc);
+}
+
+static int
+snapshot_block_size (nbdkit_next *next, void *handle,
+                     uint32_t *minimum, uint32_t *preferred,
+                     uint32_t *maximum)
+{
+  struct handle *h = handle;
+
+  if (h->kind == PASS)
+    return next->block_size (next, minimum, preferred, maximum);
+  if (h->kind == COMMAND) {
+    *minimum = *preferred = *maximum = 0;
+    return 0;
+  }
+  *minimum = 1;
+  *preferred = store_block_size () > 32 * 1024 * 1024 ? 32 * 1024 * 1024
+    : store_block_size ();
+  *maximum = 0xffffffff;
+  return 0;
+}
+
+static int
+snapshot_can_write (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  return h->kind == LIVE;
+}
+
+static int
+snapshot_can_flush (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  return h->kind == LIVE;
+}
+
+static int
+snapshot_is_rotational (nbdkit_next *next, void *handle)
+{
+  return 0;
+}
+
+static int
+snapshot_can_trim (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  return h->kind == LIVE;
+}
+
+static int
+snapshot_can_zero (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  return h->kind == LIVE ? NBDKIT_ZERO_NATIVE : NBDKIT_ZERO_NONE;
+}
+
+static int
+snapshot_can_fast_zero (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  return h->kind == LIVE;
+}
+
+static int
+snapshot_can_extents (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  return h->kind == LIVE || h->kind == VIEW;
+}
+
+static int
+snapshot_can_fua (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  return h->kind == LIVE ? NBDKIT_FUA_NATIVE : NBDKIT_FUA_NONE;
+}
+
+static int
+snapshot_can_multi_conn (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  /* All connections share one store, and flush covers them all. */
+  return h->kind == LIVE || h->kind == VIEW;
+}
+
+static int
+snapshot_can_cache (nbdkit_next *next, void *handle)
+{
+  return NBDKIT_CACHE_NONE;
+}
+
+static int
+snapshot_pread (nbdkit_next *next, void *handle, void *buf,
+                uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+
+  switch (h->kind) {
+  case PASS:
+    return next->pread (next, buf, count, offset, flags, err);
+  case COMMAND:
+    if (offset + count > h->json_len) {
+      *err = EIO;
+      return -1;
+    }
+    memcpy (buf, h->json + offset, count);
+    return 0;
+  default:
+    return store_pread (&h->view, next, buf, count, offset, err);
+  }
+}
+
+static int
+snapshot_pwrite (nbdkit_next *next, void *handle, const void *buf,
+                 uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+
+  if (h->kind != LIVE) {
+    *err = EROFS;
+    return -1;
+  }
+  return store_pwrite (next, buf, count, offset, flags & NBDKIT_FLAG_FUA,
+                       err);
+}
+
+static int
+snapshot_zero (nbdkit_next *next, void *handle, uint32_t count,
+               uint64_t offset, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+
+  if (h->kind != LIVE) {
+    *err = EROFS;
+    return -1;
+  }
+  return store_zero (next, count, offset, flags & NBDKIT_FLAG_FUA, err);
+}
+
+static int
+snapshot_trim (nbdkit_next *next, void *handle, uint32_t count,
+               uint64_t offset, uint32_t flags, int *err)
+{
+  /* A trimmed range reads as zeroes, in this layer and every view. */
+  return snapshot_zero (next, handle, count, offset, flags, err);
+}
+
+static int
+snapshot_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+
+  if (h->kind != LIVE)
+    return 0;
+  return store_flush (err);
+}
+
+static int
+snapshot_extents (nbdkit_next *next, void *handle, uint32_t count,
+                  uint64_t offset, uint32_t flags,
+                  struct nbdkit_extents *extents, int *err)
+{
+  struct handle *h = handle;
+
+  switch (h->kind) {
+  case PASS:
+    return next->extents (next, count, offset, flags, extents, err);
+  case COMMAND:
+    return nbdkit_add_extent (extents, offset, count, 0);
+  default:
+    return store_extents (&h->view, next, count, offset, flags, extents, err);
+  }
+}
+
+static struct nbdkit_filter filter = {
+  .name               = "snapshot",
+  .longname           = "nbdsnap snapshot filter",
+  .config             = snapshot_config,
+  .config_complete    = snapshot_config_complete,
+  .config_help        = snapshot_config_help,
+  .thread_model       = snapshot_thread_model,
+  .get_ready          = snapshot_get_ready,
+  .after_fork         = snapshot_after_fork,
+  .cleanup            = snapshot_cleanup,
+  .list_exports       = snapshot_list_exports,
+  .open               = snapshot_open,
+  .close              = snapshot_close,
+  .prepare            = snapshot_prepare,
+  .get_size           = snapshot_get_size,
+  .export_description = snapshot_export_description,
+  .block_size         = snapshot_block_size,
+  .can_write          = snapshot_can_write,
+  .can_flush          = snapshot_can_flush,
+  .is_rotational      = snapshot_is_rotational,
+  .can_trim           = snapshot_can_trim,
+  .can_zero           = snapshot_can_zero,
+  .can_fast_zero      = snapshot_can_fast_zero,
+  .can_extents        = snapshot_can_extents,
+  .can_fua            = snapshot_can_fua,
+  .can_multi_conn     = snapshot_can_multi_conn,
+  .can_cache          = snapshot_can_cache,
+  .pread              = snapshot_pread,
+  .pwrite             = snapshot_pwrite,
+  .zero               = snapshot_zero,
+  .trim               = snapshot_trim,
+  .flush              = snapshot_flush,
+  .extents            = snapshot_extents,
+};
+
+NBDKIT_REGISTER_FILTER (filter)

@@ -1,0 +1,89 @@
+/* nbdsnap snapshot filter: the store (layers, state file, live disk).
+ *
+ * One store per nbdkit process, shared by every connection.  It owns the
+ * tree of layers in snapshot-dir, the owner map of the live disk (for
+ * each block: the slot of the layer that holds it, 0 for the plugin) and
+ * the gate that quiesces I/O for commands.
+ */
+#ifndef NBDSNAP_SNAPSHOT_STORE_H
+#define NBDSNAP_SNAPSHOT_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <nbdkit-filter.h>
+
+#include "bitmap.h"
+#include "json.h"
+#include "layer.h"
+
+struct store_config {
+  const char *dir;
+  uint32_t block_size;          /* 0: not given (default or from state) */
+  const char *revert_on_close;  /* NULL if not set */
+};
+
+/* What a connection reads: the live disk, or a frozen snapshot. */
+struct view {
+  bool live;
+  uint16_t *owner;              /* snapshot views: private owner map */
+  struct layer **pinned;        /* layers this view holds a reference on */
+  size_t npinned;
+  struct layer *top;            /* snapshot views: the snapshot's layer */
+  struct layer *base;           /* change maps: the BASE snapshot */
+};
+
+/* Start: lock the dir, probe the plugin through backend, load or create
+ * the state.  -1 after nbdkit_error.
+ */
+int store_start (const struct store_config *cfg, nbdkit_backend *backend);
+/* Resume background work (a merge interrupted by a stop). */
+int store_after_fork (void);
+/* Flush and release everything (clean shutdown). */
+void store_stop (void);
+
+uint64_t store_size (void);
+uint32_t store_block_size (void);
+
+/* Connections of the live disk (for revert's busy check and
+ * revert-on-close).
+ */
+void store_live_open (bool writable);
+void store_live_close (bool writable);
+
+/* Open a read-only view of snapshot name (base: change map since base,
+ * may be NULL; name NULL with base: the live disk's change map).
+ * -1 with errno name in *err_name and message in why.
+ */
+int store_view_open (struct view *v, const char *name, const char *base,
+                     const char **err_name, char *why, size_t whylen);
+void store_view_close (struct view *v);
+
+/* Data path (live or view).  Return -1 and set *err on error. */
+int store_pread (struct view *v, nbdkit_next *next, void *buf,
+                 uint32_t count, uint64_t offset, int *err);
+int store_pwrite (nbdkit_next *next, const void *buf, uint32_t count,
+                  uint64_t offset, bool fua, int *err);
+int store_zero (nbdkit_next *next, uint32_t count, uint64_t offset,
+                bool fua, int *err);
+int store_flush (int *err);
+int store_extents (struct view *v, nbdkit_next *next, uint32_t count,
+                   uint64_t offset, uint32_t flags,
+                   struct nbdkit_extents *extents, int *err);
+
+/* Commands: append result members to j (after "ok":...).  Return 0 on
+ * success, or -1 with *err_name (e.g. "ENOENT") and a message in why.
+ */
+int store_cmd_create (const char *name, struct jbuf *j,
+                      const char **err_name, char *why, size_t whylen);
+int store_cmd_list (struct jbuf *j);
+int store_cmd_revert (const char *name, bool force, struct jbuf *j,
+                      const char **err_name, char *why, size_t whylen);
+int store_cmd_delete (const char *name, struct jbuf *j,
+                      const char **err_name, char *why, size_t whylen);
+
+/* Names of the snapshots (for list_exports); calls fn for each. */
+void store_foreach_snapshot (void (*fn) (const char *name, void *opaque),
+                             void *opaque);
+
+#endif /* NBDSNAP_SNAPSHOT_STORE_H */
