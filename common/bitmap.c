@@ -97,3 +97,33 @@ bitset_free (struct bitset *b)
   b->words = NULL;
   b->nbits = 0;
 }
+
+uint64_t
+bitset_count (const struct bitset *b)
+{
+  uint64_t n = 0, i;
+
+  for (i = 0; i < (b->nbits + 63) / 64; ++i)
+    n += __builtin_popcountll (__atomic_load_n (&b->words[i],
+                                                __ATOMIC_RELAXED));
+  return n;
+}
+
+int
+bitset_resize (struct bitset *b, uint64_t nbits)
+{
+  size_t oldw = (b->nbits + 63) / 64 + 1, neww = (nbits + 63) / 64 + 1;
+  uint64_t *p;
+
+  if (neww > oldw) {
+    p = realloc (b->words, neww * sizeof *p);
+    if (p == NULL) {
+      errno = ENOMEM;
+      return -1;
+    }
+    memset (p + oldw, 0, (neww - oldw) * sizeof *p);
+    b->words = p;
+  }
+  b->nbits = nbits;
+  return 0;
+}

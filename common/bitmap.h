@@ -75,4 +75,22 @@ bitset_set (struct bitset *b, uint64_t i)
   b->words[i >> 6] |= UINT64_C (1) << (i & 63);
 }
 
+/* Set bit i atomically; returns true if it was clear before. */
+static inline bool
+bitset_set_atomic (struct bitset *b, uint64_t i)
+{
+  uint64_t m = UINT64_C (1) << (i & 63);
+  return !(__atomic_fetch_or (&b->words[i >> 6], m, __ATOMIC_ACQ_REL) & m);
+}
+static inline bool
+bitset_get_atomic (const struct bitset *b, uint64_t i)
+{
+  return (__atomic_load_n (&b->words[i >> 6], __ATOMIC_ACQUIRE) >> (i & 63)) & 1;
+}
+/* Number of set bits. */
+uint64_t bitset_count (const struct bitset *b) __attribute__ ((nonnull (1)));
+/* Grow to nbits (new bits clear).  -1 on ENOMEM. */
+int bitset_resize (struct bitset *b, uint64_t nbits)
+  __attribute__ ((nonnull (1)));
+
 #endif /* NBDSNAP_BITMAP_H */

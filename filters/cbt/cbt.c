@@ -1,0 +1,514 @@
+/* nbdsnap cbt filter: nbdkit callbacks.
+ *
+ * Each connection is one of:
+ *   LIVE     the disk: every write, zero and trim marks its blocks in the
+ *            active bitmap before it passes down;
+ *   VIEW     @cbt/NAME or @cbt:diff/A/B: the disk read-only, with extents
+ *            that are a change map;
+ *   COMMAND  @cbt:VERB/...: performed at open, content = JSON result;
+ *   PASS     an @name for a filter below (a snapshot revert is watched:
+ *            the blocks it will change are marked first).
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "exportname.h"
+#include "json.h"
+#include "policy.h"
+#include "tracker.h"
+
+enum kind { LIVE, VIEW, COMMAND, PASS };
+
+struct handle {
+  enum kind kind;
+  char since[NAME_MAX_LEN + 1];         /* VIEW */
+  char until[NAME_MAX_LEN + 1];         /* VIEW: "" for now */
+  char *json;                           /* COMMAND */
+  size_t json_len;
+  char desc[160];
+};
+
+static struct tracker_config cfg = { .sync = CBT_SYNC_FLUSH };
+static unsigned policy = POLICY_DEFAULT;
+static nbdkit_backend *backend;
+
+static int
+cbt_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+            const char *key, const char *value)
+{
+  if (strcmp (key, "cbt-dir") == 0) {
+    free ((char *) cfg.dir);
+    cfg.dir = nbdkit_absolute_path (value);
+    return cfg.dir ? 0 : -1;
+  }
+  if (strcmp (key, "cbt-granularity") == 0) {
+    int64_t r = nbdkit_parse_size (value);
+    if (r == -1)
+      return -1;
+    if (r < 4096 || r > 16 * 1024 * 1024 || (r & (r - 1)) != 0) {
+      nbdkit_error ("cbt-granularity=%s: must be a power of two from 4K "
+                    "to 16M", value);
+      return -1;
+    }
+    cfg.granularity = r;
+    return 0;
+  }
+  if (strcmp (key, "cbt-sync") == 0) {
+    if (strcmp (value, "strict") == 0) cfg.sync = CBT_SYNC_STRICT;
+    else if (strcmp (value, "flush") == 0) cfg.sync = CBT_SYNC_FLUSH;
+    else {
+      nbdkit_error ("cbt-sync=%s: expected strict or flush", value);
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "cbt-commands") == 0) {
+    if (policy_parse (value, &policy) == -1) {
+      nbdkit_error ("cbt-commands=%s: expected none, any, unix, tls or "
+                    "unix,tls", value);
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "cbt-reset-on-shrink") == 0) {
+    int r = nbdkit_parse_bool (value);
+    if (r == -1)
+      return -1;
+    cfg.reset_on_shrink = r;
+    return 0;
+  }
+  if (strncmp (key, "cbt-", 4) == 0) {
+    nbdkit_error ("unknown parameter '%s' (the cbt filter takes cbt-dir, "
+                  "cbt-granularity, cbt-sync, cbt-commands, "
+                  "cbt-reset-on-shrink)", key);
+    return -1;
+  }
+  return next (nxdata, key, value);
+}
+
+static int
+cbt_config_complete (nbdkit_next_config_complete *next,
+                     nbdkit_backend *nxdata)
+{
+  if (cfg.dir == NULL) {
+    nbdkit_error ("the cbt filter needs cbt-dir=DIR");
+    return -1;
+  }
+  backend = nxdata;
+  return next (nxdata);
+}
+
+#define cbt_config_help \
+  "cbt-dir=DIR               (required) Where bitmaps and state are kept.\n" \
+  "cbt-granularity=SIZE      Bytes per bitmap bit (default 64K).\n" \
+  "cbt-sync=strict|flush     When bits become durable (default flush).\n" \
+  "cbt-commands=WHO          none|unix|tls|unix,tls|any (default unix,tls).\n" \
+  "cbt-reset-on-shrink=BOOL  Drop all checkpoints if the disk shrank."
+
+static int
+cbt_thread_model (void)
+{
+  return NBDKIT_THREAD_MODEL_PARALLEL;
+}
+
+static int
+cbt_get_ready (int thread_model)
+{
+  return tracker_start (&cfg, backend);
+}
+
+static void
+cbt_cleanup (nbdkit_backend *b)
+{
+  tracker_stop ();
+}
+
+static void
+add_view (const char *name, void *opaque)
+{
+  char buf[NAME_MAX_LEN + 16], desc[NAME_MAX_LEN + 64];
+
+  snprintf (buf, sizeof buf, "@cbt/%s", name);
+  snprintf (desc, sizeof desc, "changes since checkpoint %s", name);
+  nbdkit_add_export (opaque, buf, desc);
+}
+
+static int
+cbt_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
+                  int readonly, int is_tls, struct nbdkit_exports *exports)
+{
+  if (next (nxdata, readonly, exports) == -1)
+    return -1;
+  tracker_foreach (add_view, exports);
+  return 0;
+}
+
+static void
+run_command (struct handle *h, const struct export_name *en, int readonly,
+             int is_tls)
+{
+  struct jbuf j = { 0 }, body = { 0 };
+  const char *ename = NULL;
+  char why[512] = "";
+  bool mutating = strcmp (en->verb, "list") != 0;
+  int r = -1;
+
+  jb_printf (&j, "{\"filter\":\"cbt\",\"command\":");
+  jb_str (&j, en->verb);
+  if (mutating && readonly) {
+    ename = "EROFS";
+    snprintf (why, sizeof why, "the server is read-only: '%s' is refused",
+              en->verb);
+  }
+  else if (mutating && !policy_allows (policy, is_tls)) {
+    ename = "EPERM";
+    snprintf (why, sizeof why, "this client may not run '%s' "
+              "(cbt-commands=%s)", en->verb, policy_name (policy));
+  }
+  else if (strcmp (en->verb, "list") == 0 && en->nargs == 0)
+    r = tracker_cmd_list (&body);
+  else if (strcmp (en->verb, "create") == 0 && en->nargs == 1)
+    r = tracker_cmd_create (en->args[0], &body, &ename, why, sizeof why);
+  else if (strcmp (en->verb, "delete") == 0 && en->nargs == 1)
+    r = tracker_cmd_delete (en->args[0], &body, &ename, why, sizeof why);
+  else {
+    ename = "EINVAL";
+    snprintf (why, sizeof why, "bad arguments for '%s' (see "
+              "nbdkit-cbt-filter(1))", en->verb);
+  }
+  if (r == 0)
+    jb_printf (&j, ",\"ok\":true%s", body.p ? body.p : "");
+  else {
+    jb_printf (&j, ",\"ok\":false,\"errno\":");
+    jb_str (&j, ename ? ename : "EIO");
+    jb_printf (&j, ",\"error\":");
+    jb_str (&j, why);
+    nbdkit_debug ("cbt: %s failed: %s", en->verb, why);
+  }
+  jb_free (&body);
+  jb_printf (&j, "}\n");
+  h->json = j.p;
+  h->json_len = j.oom ? 0 : j.len;
+}
+
+static void *
+cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
+          int readonly, const char *exportname, int is_tls)
+{
+  struct handle *h;
+  struct export_name en;
+  char why[512];
+  const char *ename;
+
+  h = calloc (1, sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  switch (export_name_parse (exportname, "cbt", &en, why, sizeof why)) {
+  case EXPORT_BAD:
+    nbdkit_error ("cbt: bad export name %s", why);
+    goto err;
+
+  case EXPORT_OTHER: {
+    struct export_name sn;
+    char w2[256];
+    h->kind = PASS;
+    /* A snapshot revert below changes blocks we never see written. */
+    if (export_name_parse (exportname, "snapshot", &sn, w2,
+                           sizeof w2) == EXPORT_VERB &&
+        strcmp (sn.verb, "revert") == 0 && sn.nargs >= 1 &&
+        name_valid (sn.args[0], w2, sizeof w2) &&
+        tracker_mark_revert (nbdkit_context_get_backend (nxdata),
+                             sn.args[0]) == -1) {
+      nbdkit_error ("cbt: cannot learn which blocks the revert to '%s' "
+                    "changes; refusing to pass it down", sn.args[0]);
+      goto err;
+    }
+    if (next (nxdata, readonly, exportname) == -1)
+      goto err;
+    return h;
+  }
+
+  case EXPORT_LIVE:
+    h->kind = LIVE;
+    if (next (nxdata, readonly, exportname) == -1)
+      goto err;
+    return h;
+
+  case EXPORT_VIEW:
+  case EXPORT_VERB:
+    if (en.kind == EXPORT_VIEW ||
+        strcmp (en.verb, "diff") == 0) {
+      const char *since, *until = NULL;
+      if (en.kind == EXPORT_VIEW)
+        since = en.args[0];
+      else if (en.nargs == 2) {
+        since = en.args[0];
+        until = en.args[1];
+      }
+      else {
+        nbdkit_error ("cbt: %s: expected @cbt:diff/SINCE/UNTIL", exportname);
+        goto err;
+      }
+      if (tracker_view_check (since, until, &ename, why, sizeof why) == -1) {
+        nbdkit_error ("cbt: %s: %s", exportname, why);
+        goto err;
+      }
+      h->kind = VIEW;
+      snprintf (h->since, sizeof h->since, "%s", since);
+      snprintf (h->until, sizeof h->until, "%s", until ? until : "");
+      if (next (nxdata, 1, "") == -1)
+        goto err;
+      snprintf (h->desc, sizeof h->desc, "nbdsnap:cbt change map");
+      return h;
+    }
+    if (strcmp (en.verb, "list") && strcmp (en.verb, "create") &&
+        strcmp (en.verb, "delete")) {
+      nbdkit_error ("cbt: %s: unknown command '%s' (known: create, list, "
+                    "delete, diff)", exportname, en.verb);
+      goto err;
+    }
+    h->kind = COMMAND;
+    run_command (h, &en, readonly, is_tls);
+    if (h->json == NULL) {
+      nbdkit_error ("cbt: out of memory");
+      goto err;
+    }
+    snprintf (h->desc, sizeof h->desc, "nbdsnap:cbt command %s", en.verb);
+    return h;
+  }
+ err:
+  free (h);
+  return NULL;
+}
+
+static void
+cbt_close (void *handle)
+{
+  struct handle *h = handle;
+  free (h->json);
+  free (h);
+}
+
+static int
+cbt_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  struct handle *h = handle;
+
+  if (h->kind == PASS) {
+    const char *d = next->export_description (next);
+    if (d == NULL || strncmp (d, "nbdsnap:", 8) != 0) {
+      nbdkit_error ("cbt: no filter below the cbt filter understands this "
+                    "export name (is the filter it names loaded, and below "
+                    "this one?)");
+      return -1;
+    }
+  }
+  if (h->kind == LIVE || h->kind == VIEW) {
+    if (next->get_size (next) != (int64_t) tracker_disk_size ()) {
+      nbdkit_error ("cbt: the disk below changed size while nbdkit runs");
+      return -1;
+    }
+    if (next->can_extents (next) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+static int64_t
+cbt_get_size (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  return h->kind == COMMAND ? (int64_t) h->json_len : next->get_size (next);
+}
+
+static const char *
+cbt_export_description (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+
+  if (h->kind == LIVE || h->kind == PASS)
+    return next->export_description (next);
+  return nbdkit_strdup_intern (h->desc);
+}
+
+static int
+cbt_block_size (nbdkit_next *next, void *handle,
+                uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
+{
+  struct handle *h = handle;
+
+  if (h->kind == COMMAND) {
+    *minimum = *preferred = *maximum = 0;
+    return 0;
+  }
+  return next->block_size (next, minimum, preferred, maximum);
+}
+
+/* Capabilities: LIVE and PASS are the disk below; VIEW is read-only. */
+#define PASSTHRU_OR(name, view_value, cmd_value)                        \
+  static int                                                            \
+  cbt_##name (nbdkit_next *next, void *handle)                          \
+  {                                                                     \
+    struct handle *h = handle;                                          \
+    if (h->kind == COMMAND) return (cmd_value);                         \
+    if (h->kind == VIEW) return (view_value);                           \
+    return next->name (next);                                           \
+  }
+PASSTHRU_OR (can_write, 0, 0)
+PASSTHRU_OR (can_flush, 0, 0)
+PASSTHRU_OR (is_rotational, next->is_rotational (next), 0)
+PASSTHRU_OR (can_trim, 0, 0)
+PASSTHRU_OR (can_zero, NBDKIT_ZERO_NONE, NBDKIT_ZERO_NONE)
+PASSTHRU_OR (can_fast_zero, 0, 0)
+PASSTHRU_OR (can_fua, NBDKIT_FUA_NONE, NBDKIT_FUA_NONE)
+PASSTHRU_OR (can_multi_conn, 1, 0)
+PASSTHRU_OR (can_cache, NBDKIT_CACHE_NONE, NBDKIT_CACHE_NONE)
+
+static int
+cbt_can_extents (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  if (h->kind == COMMAND) return 0;
+  if (h->kind == VIEW) return 1;
+  return next->can_extents (next);
+}
+
+static int
+cbt_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
+           uint64_t offset, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+
+  if (h->kind == COMMAND) {
+    if (offset + count > h->json_len) {
+      *err = EIO;
+      return -1;
+    }
+    memcpy (buf, h->json + offset, count);
+    return 0;
+  }
+  return next->pread (next, buf, count, offset, flags, err);
+}
+
+/* Writes of the live disk: mark, then pass down, inside the gate so a
+ * checkpoint never splits a write.
+ */
+#define MARKED(call)                                                    \
+  do {                                                                  \
+    struct handle *h = handle;                                          \
+    int r;                                                              \
+    if (h->kind != LIVE && h->kind != PASS) {                           \
+      *err = EROFS;                                                     \
+      return -1;                                                        \
+    }                                                                   \
+    tracker_enter ();                                                   \
+    r = tracker_mark (offset, count, err);                              \
+    if (r == 0)                                                         \
+      r = (call);                                                       \
+    tracker_leave ();                                                   \
+    return r;                                                           \
+  } while (0)
+
+static int
+cbt_pwrite (nbdkit_next *next, void *handle, const void *buf,
+            uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  MARKED (next->pwrite (next, buf, count, offset, flags, err));
+}
+
+static int
+cbt_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+          uint32_t flags, int *err)
+{
+  MARKED (next->zero (next, count, offset, flags, err));
+}
+
+static int
+cbt_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+          uint32_t flags, int *err)
+{
+  MARKED (next->trim (next, count, offset, flags, err));
+}
+
+static int
+cbt_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+
+  if (h->kind != LIVE && h->kind != PASS)
+    return 0;
+  if (next->flush (next, flags, err) == -1)
+    return -1;
+  return tracker_flush (err);
+}
+
+static int
+cbt_extents (nbdkit_next *next, void *handle, uint32_t count,
+             uint64_t offset, uint32_t flags,
+             struct nbdkit_extents *extents, int *err)
+{
+  struct handle *h = handle;
+
+  switch (h->kind) {
+  case COMMAND:
+    return nbdkit_add_extent (extents, offset, count, 0);
+  case VIEW:
+    return tracker_extents (h->since, h->until[0] ? h->until : NULL, next,
+                            count, offset, flags, extents, err);
+  default:
+    return next->extents (next, count, offset, flags, extents, err);
+  }
+}
+
+static int
+cbt_cache (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+           uint32_t flags, int *err)
+{
+  return next->cache (next, count, offset, flags, err);
+}
+
+static struct nbdkit_filter filter = {
+  .name               = "cbt",
+  .longname           = "nbdsnap changed block tracking filter",
+  .config             = cbt_config,
+  .config_complete    = cbt_config_complete,
+  .config_help        = cbt_config_help,
+  .thread_model       = cbt_thread_model,
+  .get_ready          = cbt_get_ready,
+  .cleanup            = cbt_cleanup,
+  .list_exports       = cbt_list_exports,
+  .open               = cbt_open,
+  .close              = cbt_close,
+  .prepare            = cbt_prepare,
+  .get_size           = cbt_get_size,
+  .export_description = cbt_export_description,
+  .block_size         = cbt_block_size,
+  .can_write          = cbt_can_write,
+  .can_flush          = cbt_can_flush,
+  .is_rotational      = cbt_is_rotational,
+  .can_trim           = cbt_can_trim,
+  .can_zero           = cbt_can_zero,
+  .can_fast_zero      = cbt_can_fast_zero,
+  .can_extents        = cbt_can_extents,
+  .can_fua            = cbt_can_fua,
+  .can_multi_conn     = cbt_can_multi_conn,
+  .can_cache          = cbt_can_cache,
+  .pread              = cbt_pread,
+  .pwrite             = cbt_pwrite,
+  .zero               = cbt_zero,
+  .trim               = cbt_trim,
+  .flush              = cbt_flush,
+  .extents            = cbt_extents,
+  .cache              = cbt_cache,
+};
+
+NBDKIT_REGISTER_FILTER (filter)

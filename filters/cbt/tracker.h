@@ -1,0 +1,77 @@
+/* nbdsnap cbt filter: the tracker (checkpoints and their dirty bitmaps).
+ *
+ * Checkpoints C1 .. Cn, oldest first.  The bitmap of Ci holds the blocks
+ * written from Ci until C(i+1); the bitmap of the newest checkpoint Cn is
+ * the active bitmap, which every write marks.  "Changed since Ci" is the
+ * union of the bitmaps of Ci .. Cn; "changed between Ci and Cj" is the
+ * union of Ci .. C(j-1), bitmaps that can no longer change.  Before the
+ * first checkpoint nothing needs tracking.
+ */
+#ifndef NBDSNAP_CBT_TRACKER_H
+#define NBDSNAP_CBT_TRACKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <nbdkit-filter.h>
+
+#include "json.h"
+
+enum cbt_sync { CBT_SYNC_FLUSH, CBT_SYNC_STRICT };
+
+struct tracker_config {
+  const char *dir;
+  uint32_t granularity;         /* 0: not given */
+  enum cbt_sync sync;
+  bool reset_on_shrink;
+};
+
+/* Start: lock the dir, learn the disk size through backend, load or
+ * create the state.  -1 after nbdkit_error.
+ */
+int tracker_start (const struct tracker_config *cfg, nbdkit_backend *backend);
+/* Save everything and mark the state clean. */
+void tracker_stop (void);
+
+uint64_t tracker_disk_size (void);
+
+/* Data path.  Mark [offset, offset+count) dirty before the write passes
+ * down (in strict mode the bits are durable when this returns 0).
+ * tracker_enter/leave bracket each write so that checkpoints fall between
+ * writes, never inside one.
+ */
+void tracker_enter (void);
+void tracker_leave (void);
+int tracker_mark (uint64_t offset, uint64_t count, int *err);
+/* Persist the active bitmap (after the data below was flushed). */
+int tracker_flush (int *err);
+
+/* Change maps.  since: checkpoint name; until: NULL for now, else a later
+ * checkpoint.  Checks names and consistency.  -1 with errno name + why.
+ */
+int tracker_view_check (const char *since, const char *until,
+                        const char **err_name, char *why, size_t whylen);
+/* Extents of a change map: unchanged blocks are HOLE, changed blocks are
+ * data or ZERO according to next's own extents.
+ */
+int tracker_extents (const char *since, const char *until, nbdkit_next *next,
+                     uint32_t count, uint64_t offset, uint32_t flags,
+                     struct nbdkit_extents *extents, int *err);
+
+/* Commands (append members to j).  -1 with errno name + why. */
+int tracker_cmd_create (const char *name, struct jbuf *j,
+                        const char **err_name, char *why, size_t whylen);
+int tracker_cmd_list (struct jbuf *j);
+int tracker_cmd_delete (const char *name, struct jbuf *j,
+                        const char **err_name, char *why, size_t whylen);
+
+/* For list_exports: calls fn with each checkpoint name. */
+void tracker_foreach (void (*fn) (const char *name, void *opaque),
+                      void *opaque);
+
+/* A snapshot revert is about to pass down: ask the snapshot filter below
+ * (through backend) which blocks it will change and mark them dirty.
+ */
+int tracker_mark_revert (nbdkit_backend *backend, const char *snapshot);
+
+#endif /* NBDSNAP_CBT_TRACKER_H */
