@@ -112,6 +112,12 @@ cbt_config_complete (nbdkit_next_config_complete *next,
   "cbt-commands=WHO          none|unix|tls|unix,tls|any (default unix,tls).\n" \
   "cbt-reset-on-shrink=BOOL  Drop all checkpoints if the disk shrank."
 
+static void
+cbt_unload (void)
+{
+  free ((char *) cfg.dir);
+}
+
 static int
 cbt_thread_model (void)
 {
@@ -479,6 +485,7 @@ cbt_cache (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
 static struct nbdkit_filter filter = {
   .name               = "cbt",
   .longname           = "nbdsnap changed block tracking filter",
+  .unload             = cbt_unload,
   .config             = cbt_config,
   .config_complete    = cbt_config_complete,
   .config_help        = cbt_config_help,

@@ -103,6 +103,13 @@ snapshot_config_complete (nbdkit_next_config_complete *next,
   "snapshot-commands=WHO     none|unix|tls|unix,tls|any (default unix,tls).\n" \
   "snapshot-revert-on-close=NAME  Revert to NAME when the last client leaves."
 
+static void
+snapshot_unload (void)
+{
+  free ((char *) cfg.dir);
+  free ((char *) cfg.revert_on_close);
+}
+
 static int
 snapshot_thread_model (void)
 {
@@ -542,6 +549,7 @@ snapshot_extents (nbdkit_next *next, void *handle, uint32_t count,
 static struct nbdkit_filter filter = {
   .name               = "snapshot",
   .longname           = "nbdsnap snapshot filter",
+  .unload             = snapshot_unload,
   .config             = snapshot_config,
   .config_complete    = snapshot_config_complete,
   .config_help        = snapshot_config_help,

@@ -410,13 +410,11 @@ changed (struct layer **set, size_t n, uint64_t b)
 static size_t
 symdiff (struct layer *a, struct layer *b, struct layer **out)
 {
-  static __thread unsigned char *in_a;
+  unsigned char *in_a = calloc (MAX_SLOTS + 1, 1);
   struct layer **ca = malloc (MAX_SLOTS * sizeof *ca);
   struct layer **cb = malloc (MAX_SLOTS * sizeof *cb);
   size_t na, nb, i, n = 0;
 
-  if (in_a == NULL)
-    in_a = calloc (MAX_SLOTS + 1, 1);
   if (ca == NULL || cb == NULL || in_a == NULL)
     abort ();
   na = chain_of (a, ca);
@@ -428,8 +426,8 @@ symdiff (struct layer *a, struct layer *b, struct layer **out)
   }
   for (i = 0; i < na; ++i) {
     if (in_a[ca[i]->slot] == 1) out[n++] = ca[i];
-    in_a[ca[i]->slot] = 0;
   }
+  free (in_a);
   free (ca);
   free (cb);
   return n;
