@@ -51,8 +51,13 @@ statefile_write (int dirfd, const char *name, const void *buf, size_t len)
   fd = -1;
   if (renameat (dirfd, tmp, dirfd, name) == -1)
     goto err;
+  /* The new file is in place whatever happens now: reporting a failure
+   * would make the caller undo work the file already describes.  A
+   * failing directory fsync is retried once and otherwise left to the
+   * next state write (which fsyncs the directory again).
+   */
   if (fsync_dirfd (dirfd) == -1)
-    return -1;
+    (void) fsync_dirfd (dirfd);
   return 0;
 
  err:

@@ -108,8 +108,18 @@ layer_load_map (int dirfd, struct layer *l, const struct layer_geom *g,
               name);
     goto err;
   }
-  for (i = 0; i < l->st.nwords; ++i)
-    l->st.words[i] = get_le64 (p + MAP_HDR + 8 * i);
+  for (i = 0; i < l->st.nwords; ++i) {
+    uint64_t w = get_le64 (p + MAP_HDR + 8 * i);
+    /* State 3 is not defined; bits past the last block must be clear. */
+    if ((w & (w >> 1) & UINT64_C (0x5555555555555555)) ||
+        (i == l->st.nwords - 1 && (g->nblocks & 31) &&
+         (w >> ((g->nblocks & 31) * 2)))) {
+      snprintf (why, whylen, "%s: invalid block state (file is corrupt)",
+                name);
+      goto err;
+    }
+    l->st.words[i] = w;
+  }
   l->held = bstate_count (&l->st);
   free (buf);
   return 0;
@@ -125,18 +135,21 @@ layer_save (int dirfd, struct layer *l, const struct layer_geom *g,
 {
   char name[64];
   size_t i, len = MAP_HDR + l->st.nwords * 8;
-  uint8_t *buf;
+  uint8_t *buf = NULL;
   uint64_t gen;
   int r = -1;
 
   pthread_mutex_lock (&l->save_lock);
   gen = __atomic_load_n (&l->gen, __ATOMIC_ACQUIRE);
-  if (fdatasync (l->fd) == -1)
-    goto out;
   if (!force && gen == l->saved_gen) {
-    r = 0;
+    /* The map on disk is current; only the data may need syncing. */
+    r = fdatasync (l->fd);
     goto out;
   }
+  /* Copy the states BEFORE syncing the data: a block marked after the
+   * copy is not in this map, a block marked before it had its bytes
+   * written before it was marked, so the fdatasync below covers them.
+   */
   buf = calloc (1, len);
   if (buf == NULL)
     goto out;
@@ -150,16 +163,16 @@ layer_save (int dirfd, struct layer *l, const struct layer_geom *g,
   for (i = 0; i < l->st.nwords; ++i)
     put_le64 (buf + MAP_HDR + 8 * i,
               __atomic_load_n (&l->st.words[i], __ATOMIC_ACQUIRE));
-  if (sha256_buf (buf, len, buf + 48) == -1) {
-    free (buf);
+  if (fdatasync (l->fd) == -1)
     goto out;
-  }
+  if (sha256_buf (buf, len, buf + 48) == -1)
+    goto out;
   layer_map_name (l->id, name, sizeof name);
   r = statefile_write (dirfd, name, buf, len);
-  free (buf);
   if (r == 0)
     l->saved_gen = gen;
  out:
+  free (buf);
   pthread_mutex_unlock (&l->save_lock);
   return r;
 }

@@ -141,6 +141,8 @@ pwrite_full (int fd, const char *buf, uint64_t len, uint64_t off)
   return 0;
 }
 
+static int flush_locked (int *err);
+
 /* Mark block b of the active layer a as v (DATA or ZERO). */
 static void
 mark (struct layer *a, uint64_t b, unsigned v)
@@ -320,7 +322,7 @@ modify (nbdkit_next *next, const char *buf, uint32_t count, uint64_t offset,
     }
   }
   if (r == 0 && fua)
-    r = store_flush (err);
+    r = flush_locked (err);
   gate_leave (&S.gate);
   return r;
 }
@@ -339,9 +341,9 @@ store_zero (nbdkit_next *next, uint32_t count, uint64_t offset, bool fua,
   return modify (next, NULL, count, offset, fua, err);
 }
 
-/* Make every acknowledged write durable (callers are inside the gate). */
-int
-store_flush (int *err)
+/* Make every acknowledged write durable (caller is inside the gate). */
+static int
+flush_locked (int *err)
 {
   int r;
 
@@ -352,6 +354,17 @@ store_flush (int *err)
     nbdkit_error ("snapshot: flush: %m");
   }
   pthread_mutex_unlock (&S.flush_lock);
+  return r;
+}
+
+int
+store_flush (int *err)
+{
+  int r;
+
+  gate_enter (&S.gate);
+  r = flush_locked (err);
+  gate_leave (&S.gate);
   return r;
 }
 
@@ -592,14 +605,24 @@ save_state (void)
              STATE_MAGIC, STATE_VERSION, S.g.disk_size, S.g.block_size);
   hex_encode (S.fp, SHA256_LEN, hex);
   jb_printf (&j, "fingerprint %s\nnext-id %" PRIu64 "\n", hex, S.next_id);
-  for (i = 1; i < MAX_SLOTS; ++i) {
-    struct layer *l = S.slots[i];
-    if (l == NULL || l->detached)
-      continue;
-    jb_printf (&j, "layer %" PRIu64 " %" PRIu64 " %" PRId64 " %s %s\n",
-               l->id, l->parent ? l->parent->id : 0, l->created,
-               l->active ? "active" : l->deleting ? "deleting" : "frozen",
-               l->active ? "-" : l->name);
+  /* In id order: a parent always has a smaller id than its children. */
+  {
+    uint64_t last = 0;
+    for (;;) {
+      struct layer *l = NULL;
+      for (i = 1; i < MAX_SLOTS; ++i) {
+        struct layer *c = S.slots[i];
+        if (c && !c->detached && c->id > last && (!l || c->id < l->id))
+          l = c;
+      }
+      if (l == NULL)
+        break;
+      jb_printf (&j, "layer %" PRIu64 " %" PRIu64 " %" PRId64 " %s %s\n",
+                 l->id, l->parent ? l->parent->id : 0, l->created,
+                 l->active ? "active" : l->deleting ? "deleting" : "frozen",
+                 l->active ? "-" : l->name);
+      last = l->id;
+    }
   }
   if (j.oom || sha256_buf (j.p, j.len, sum) == -1) {
     jb_free (&j);
@@ -844,8 +867,9 @@ store_cmd_revert (const char *name, bool force, struct jbuf *j,
   pthread_mutex_lock (&S.lock);
   wait_merge ();
   t = find_snapshot (name);
-  if (t == NULL)
-    FAIL ("ENOENT", "snapshot '%s' does not exist", name);
+  if (t == NULL || t->deleting)
+    FAIL ("ENOENT", "snapshot '%s' does not exist%s", name,
+          t ? " (it is being deleted)" : "");
   if (S.live_writers > 0 && !force)
     FAIL ("EBUSY", "%u connection(s) have the live disk open for writing; "
           "disconnect them or use @snapshot:revert/%s/force",
@@ -865,12 +889,12 @@ store_cmd_revert (const char *name, bool force, struct jbuf *j,
 static void *merge_thread (void *arg);
 
 static int
-start_merge (struct layer *l)
+start_merge (struct layer *unused)
 {
   int e;
 
   S.merging = true;
-  e = pthread_create (&S.merge_tid, NULL, merge_thread, l);
+  e = pthread_create (&S.merge_tid, NULL, merge_thread, NULL);
   if (e != 0) {
     S.merging = false;
     errno = e;
@@ -1005,17 +1029,26 @@ merge_into (struct layer *l, struct layer *c)
   return r;
 }
 
-static void *
-merge_thread (void *arg)
+/* The next layer waiting to be merged away (store lock held). */
+static struct layer *
+next_deleting (void)
 {
-  struct layer *l = arg;
-  struct layer **children = malloc (MAX_SLOTS * sizeof *children);
+  size_t i;
+  for (i = 1; i < MAX_SLOTS; ++i)
+    if (S.slots[i] && S.slots[i]->deleting && !S.slots[i]->detached)
+      return S.slots[i];
+  return NULL;
+}
+
+/* Merge one deleting layer into its children and drop it.  Called and
+ * returns with the store lock held.  -1 on error (left for next start).
+ */
+static int
+merge_one (struct layer *l, struct layer **children)
+{
   size_t i, n = 0;
   int r = 0;
 
-  if (children == NULL)
-    goto fail;
-  pthread_mutex_lock (&S.lock);
   for (i = 1; i < MAX_SLOTS; ++i) {
     struct layer *c = S.slots[i];
     if (c && !c->detached && c->parent == l) {
@@ -1043,6 +1076,7 @@ merge_thread (void *arg)
       for (i = 0; i < n; ++i)
         children[i]->parent = l;
       l->detached = false;
+      r = -1;
     }
     else {
       l->detached = false;
@@ -1056,17 +1090,24 @@ merge_thread (void *arg)
                   "at next start)", l->name);
   for (i = 0; i < n; ++i)
     unref (children[i]);
+  return r;
+}
+
+/* Background thread: merge away every layer marked deleting. */
+static void *
+merge_thread (void *arg)
+{
+  struct layer **children = malloc (MAX_SLOTS * sizeof *children);
+  struct layer *l;
+
+  pthread_mutex_lock (&S.lock);
+  while (children && !S.stopping && (l = next_deleting ()) != NULL)
+    if (merge_one (l, children) == -1)
+      break;
   S.merging = false;
   pthread_cond_broadcast (&S.cond);
   pthread_mutex_unlock (&S.lock);
   free (children);
-  return NULL;
-
- fail:
-  pthread_mutex_lock (&S.lock);
-  S.merging = false;
-  pthread_cond_broadcast (&S.cond);
-  pthread_mutex_unlock (&S.lock);
   return NULL;
 }
 
@@ -1195,7 +1236,7 @@ store_live_close (bool writable)
 
     wait_merge ();
     t = find_snapshot (S.revert_on_close);
-    if (t == NULL)
+    if (t == NULL || t->deleting)
       nbdkit_debug ("snapshot: revert-on-close: no snapshot '%s' yet",
                     S.revert_on_close);
     else if (do_revert (t, &discarded, why, sizeof why, &ename) == -1)
@@ -1211,10 +1252,12 @@ store_live_close (bool writable)
 /*----------------------------------------------------------- startup --*/
 
 /* Fingerprint of the plugin's disk: SHA-256 of its size, first and last
- * block.  A snapshot-dir is only valid on top of the disk it was made on.
+ * 4096 bytes.  A snapshot-dir is only valid on top of the disk it was made on.
  */
+#define FP_BYTES 4096             /* bytes hashed at each end of the disk */
+
 static int
-probe_plugin (nbdkit_backend *backend, uint32_t bs)
+probe_plugin (nbdkit_backend *backend)
 {
   nbdkit_next *next;
   int64_t size;
@@ -1234,7 +1277,7 @@ probe_plugin (nbdkit_backend *backend, uint32_t bs)
   if (size == -1)
     goto fin;
   S.g.disk_size = size;
-  n = min64 (bs, size);
+  n = min64 (FP_BYTES, size);
   buf = malloc (n ? n : 1);
   if (buf == NULL)
     goto fin;
@@ -1279,6 +1322,24 @@ struct parsed_layer {
     goto out;                                                           \
   } while (0)
 
+/* Does line consist of exactly its known fields (no trailing junk)? */
+static bool
+line_ok (const char *line)
+{
+  int n = -1;
+  char w1[16], w2[80], w3[16], w4[80];
+  uint64_t a, b;
+  int64_t c;
+
+  if (sscanf (line, "layer %" SCNu64 " %" SCNu64 " %" SCNd64 " %15s %64s%n",
+              &a, &b, &c, w1, w2, &n) == 5)
+    return line[n] == '\0';
+  n = -1;
+  if (sscanf (line, "%15s %79s%n", w3, w4, &n) == 2)
+    return line[n] == '\0';
+  return false;
+}
+
 /* Load the state file and every layer it names. */
 static int
 load_state (char *text, size_t len, uint32_t want_bs)
@@ -1290,7 +1351,7 @@ load_state (char *text, size_t len, uint32_t want_bs)
   uint64_t disk_size = 0, next_id = 0;
   uint32_t bs = 0;
   uint8_t fp[SHA256_LEN];
-  bool have_fp = false;
+  bool have_fp = false, have_size = false;
   int version = 0, r = -1;
   char why[512];
   const char *fix = "restore the directory from a backup, or start with an "
@@ -1320,12 +1381,15 @@ load_state (char *text, size_t len, uint32_t want_bs)
       if (strcmp (line, STATE_MAGIC) != 0)
         BAD ("%s: not an nbdsnap snapshot state file", S.dir, STATE_NAME);
     }
+    else if (!line_ok (line))
+      BAD ("%s: malformed line '%s'", S.dir, STATE_NAME, line);
     else if (sscanf (line, "version %d", &version) == 1) {
       if (version != STATE_VERSION)
         BAD ("%s: state version %d is not supported by this nbdsnap "
              "(supports %d)", S.dir, STATE_NAME, version, STATE_VERSION);
     }
-    else if (sscanf (line, "disk-size %" SCNu64, &disk_size) == 1) ;
+    else if (sscanf (line, "disk-size %" SCNu64, &disk_size) == 1)
+      have_size = true;
     else if (sscanf (line, "block-size %" SCNu32, &bs) == 1) ;
     else if (sscanf (line, "next-id %" SCNu64, &next_id) == 1) ;
     else if (sscanf (line, "fingerprint %65s", hex) == 1) {
@@ -1349,7 +1413,7 @@ load_state (char *text, size_t len, uint32_t want_bs)
     else
       BAD ("%s: unknown line '%s'", S.dir, STATE_NAME, line);
   }
-  if (version == 0 || bs == 0 || !have_fp || next_id == 0)
+  if (version == 0 || bs == 0 || !have_fp || next_id == 0 || !have_size)
     BAD ("%s: incomplete state file; %s", S.dir, STATE_NAME, fix);
 
   /* The disk below must be the disk the directory was made for. */
@@ -1406,18 +1470,27 @@ load_state (char *text, size_t len, uint32_t want_bs)
     l->deleting = strcmp (pl[i].kind, "deleting") == 0;
     if (!active)
       snprintf (l->name, sizeof l->name, "%s", pl[i].name);
-    if (pl[i].parent) {
-      size_t s;
-      for (s = 1; s < MAX_SLOTS; ++s)
-        if (S.slots[s] && S.slots[s]->id == pl[i].parent)
-          break;
-      if (s == MAX_SLOTS || S.slots[s]->active)
-        BAD ("%s: layer %" PRIu64 " has a missing parent %" PRIu64,
-             S.dir, STATE_NAME, pl[i].id, pl[i].parent);
-      l->parent = S.slots[s];
-    }
     if (active)
       S.active = l;
+  }
+  /* Link parents once every layer is known (lines may come in any order). */
+  for (i = 0; i < npl; ++i) {
+    struct layer *l = NULL, *p = NULL;
+    size_t s;
+    for (s = 1; s < MAX_SLOTS; ++s) {
+      if (S.slots[s] && S.slots[s]->id == pl[i].id) {
+        if (l)
+          BAD ("%s: layer %" PRIu64 " appears twice", S.dir, STATE_NAME,
+               pl[i].id);
+        l = S.slots[s];
+      }
+      if (pl[i].parent && S.slots[s] && S.slots[s]->id == pl[i].parent)
+        p = S.slots[s];
+    }
+    if (pl[i].parent && (p == NULL || p->active))
+      BAD ("%s: layer %" PRIu64 " has a missing parent %" PRIu64,
+           S.dir, STATE_NAME, pl[i].id, pl[i].parent);
+    l->parent = p;
   }
   if (S.active == NULL)
     BAD ("%s: no active layer", S.dir, STATE_NAME);
@@ -1464,6 +1537,47 @@ remove_strays (void)
   closedir (d);
 }
 
+/* A directory without a state file must hold no layers, except what an
+ * interrupted first start leaves (an empty layer 1), which is removed.
+ */
+static int
+check_no_layers (void)
+{
+  int fd = dup (S.dirfd);
+  DIR *d;
+  struct dirent *e;
+  bool first_start_leftover = true, any = false;
+  struct stat st;
+
+  if (fd == -1 || (d = fdopendir (fd)) == NULL) {
+    if (fd >= 0) close (fd);
+    nbdkit_error ("snapshot-dir %s: %m", S.dir);
+    return -1;
+  }
+  while ((e = readdir (d)) != NULL) {
+    if (strncmp (e->d_name, "layer-", 6) != 0)
+      continue;
+    any = true;
+    if (strncmp (e->d_name, "layer-1.", 8) != 0 ||
+        (strcmp (e->d_name, "layer-1.data") == 0 &&
+         (fstatat (S.dirfd, e->d_name, &st, 0) == -1 || st.st_size != 0)))
+      first_start_leftover = false;
+  }
+  closedir (d);
+  if (!any)
+    return 0;
+  if (!first_start_leftover) {
+    nbdkit_error ("snapshot-dir %s: holds layer files but no state file "
+                  "(was it deleted?); restore the state file from a backup, "
+                  "or empty the directory to start again without the "
+                  "snapshots", S.dir);
+    return -1;
+  }
+  nbdkit_debug ("snapshot: removing what an interrupted first start left");
+  layer_unlink (S.dirfd, 1);
+  return 0;
+}
+
 int
 store_start (const struct store_config *cfg, nbdkit_backend *backend)
 {
@@ -1502,7 +1616,7 @@ store_start (const struct store_config *cfg, nbdkit_backend *backend)
                   "directory", S.dir);
     return -1;
   }
-  if (probe_plugin (backend, bs) == -1)
+  if (probe_plugin (backend) == -1)
     return -1;
 
   if (statefile_read (S.dirfd, STATE_NAME, &text, &len) == 0) {
@@ -1518,13 +1632,9 @@ store_start (const struct store_config *cfg, nbdkit_backend *backend)
   else {
     /* A new directory.  Refuse one that holds layers without a state. */
     struct layer *a;
-    struct stat st;
 
-    if (fstatat (S.dirfd, "layer-1.data", &st, 0) == 0) {
-      nbdkit_error ("snapshot-dir %s: holds layer files but no state file; "
-                    "restore the state file or empty the directory", S.dir);
+    if (check_no_layers () == -1)
       return -1;
-    }
     S.g.block_size = bs;
     S.shift = __builtin_ctz (bs);
     S.g.nblocks = (S.g.disk_size + bs - 1) / bs;
@@ -1560,23 +1670,18 @@ store_start (const struct store_config *cfg, nbdkit_backend *backend)
 int
 store_after_fork (void)
 {
-  size_t i;
+  int r = 0;
 
   pthread_mutex_lock (&S.lock);
-  for (i = 1; i < MAX_SLOTS; ++i) {
-    struct layer *l = S.slots[i];
-    if (l && l->deleting && !l->detached) {
-      nbdkit_debug ("snapshot: resuming the delete of '%s'", l->name);
-      if (start_merge (l) == -1) {
-        pthread_mutex_unlock (&S.lock);
-        nbdkit_error ("snapshot: cannot start merge thread: %m");
-        return -1;
-      }
-      break;                    /* one at a time; the rest next start */
+  if (next_deleting () != NULL) {
+    nbdkit_debug ("snapshot: resuming interrupted deletes");
+    if (start_merge (NULL) == -1) {
+      nbdkit_error ("snapshot: cannot start merge thread: %m");
+      r = -1;
     }
   }
   pthread_mutex_unlock (&S.lock);
-  return 0;
+  return r;
 }
 
 void
