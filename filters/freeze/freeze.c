@@ -1,0 +1,547 @@
+/* nbdsnap freeze filter: nbdkit callbacks.
+ *
+ * Each connection is one of:
+ *   LIVE     the disk: before a write, zero or trim passes down, the
+ *            frozen content of its blocks is saved for every open point;
+ *   VIEW     @freeze/NAME (the disk frozen at NAME, extents = its
+ *            allocation) or @freeze:diff/BASE/NAME (extents = the blocks
+ *            changed between checkpoints BASE and NAME, from cbt below);
+ *   COMMAND  @freeze:begin|end|list: performed at open, JSON content;
+ *   PASS     an @name for a filter below.  A snapshot revert is refused
+ *            while a frozen point is held.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "exportname.h"
+#include "json.h"
+#include "points.h"
+#include "policy.h"
+
+enum kind { LIVE, VIEW, COMMAND, PASS };
+
+struct handle {
+  enum kind kind;
+  struct point *point;          /* VIEW */
+  nbdkit_next *changes;         /* VIEW incremental: @cbt:diff/BASE/NAME */
+  char *json;                   /* COMMAND */
+  size_t json_len;
+  char desc[160];
+};
+
+static struct freeze_config cfg = { .block_size = 65536 };
+static unsigned policy = POLICY_DEFAULT;
+static nbdkit_backend *backend;
+
+static void
+freeze_unload (void)
+{
+  free ((char *) cfg.dir);
+}
+
+static int
+freeze_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+               const char *key, const char *value)
+{
+  if (strcmp (key, "freeze-dir") == 0) {
+    free ((char *) cfg.dir);
+    cfg.dir = nbdkit_absolute_path (value);
+    return cfg.dir ? 0 : -1;
+  }
+  if (strcmp (key, "freeze-max-size") == 0) {
+    int64_t r = nbdkit_parse_size (value);
+    if (r == -1)
+      return -1;
+    cfg.max_size = r;
+    return 0;
+  }
+  if (strcmp (key, "freeze-block-size") == 0) {
+    int64_t r = nbdkit_parse_size (value);
+    if (r == -1)
+      return -1;
+    if (r < 4096 || r > 16 * 1024 * 1024 || (r & (r - 1)) != 0) {
+      nbdkit_error ("freeze-block-size=%s: must be a power of two from 4K "
+                    "to 16M", value);
+      return -1;
+    }
+    cfg.block_size = r;
+    return 0;
+  }
+  if (strcmp (key, "freeze-commands") == 0) {
+    if (policy_parse (value, &policy) == -1) {
+      nbdkit_error ("freeze-commands=%s: expected none, any, unix, tls or "
+                    "unix,tls", value);
+      return -1;
+    }
+    return 0;
+  }
+  if (strncmp (key, "freeze-", 7) == 0) {
+    nbdkit_error ("unknown parameter '%s' (the freeze filter takes "
+                  "freeze-dir, freeze-max-size, freeze-block-size, "
+                  "freeze-commands)", key);
+    return -1;
+  }
+  return next (nxdata, key, value);
+}
+
+static int
+freeze_config_complete (nbdkit_next_config_complete *next,
+                        nbdkit_backend *nxdata)
+{
+  if (cfg.dir == NULL) {
+    nbdkit_error ("the freeze filter needs freeze-dir=DIR (scratch space)");
+    return -1;
+  }
+  backend = nxdata;
+  return next (nxdata);
+}
+
+#define freeze_config_help \
+  "freeze-dir=DIR            (required) Scratch space for frozen points.\n" \
+  "freeze-max-size=SIZE      Scratch limit per point (default none).\n" \
+  "freeze-block-size=SIZE    Copy-before-write unit (default 64K).\n" \
+  "freeze-commands=WHO       none|unix|tls|unix,tls|any (default unix,tls)."
+
+static int
+freeze_thread_model (void)
+{
+  return NBDKIT_THREAD_MODEL_PARALLEL;
+}
+
+static int
+freeze_get_ready (int thread_model)
+{
+  return points_start (&cfg, backend);
+}
+
+static void
+freeze_cleanup (nbdkit_backend *b)
+{
+  points_stop ();
+}
+
+static void
+add_view (const char *name, void *opaque)
+{
+  char buf[NAME_MAX_LEN + 16], desc[NAME_MAX_LEN + 64];
+
+  snprintf (buf, sizeof buf, "@freeze/%s", name);
+  snprintf (desc, sizeof desc, "disk frozen at %s (read-only)", name);
+  nbdkit_add_export (opaque, buf, desc);
+}
+
+static int
+freeze_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
+                     int readonly, int is_tls,
+                     struct nbdkit_exports *exports)
+{
+  if (next (nxdata, readonly, exports) == -1)
+    return -1;
+  points_foreach (add_view, exports);
+  return 0;
+}
+
+static void
+run_command (struct handle *h, const struct export_name *en,
+             nbdkit_backend *b, int readonly, int is_tls)
+{
+  struct jbuf j = { 0 }, body = { 0 };
+  const char *ename = NULL;
+  char why[512] = "";
+  bool mutating = strcmp (en->verb, "list") != 0;
+  int r = -1;
+
+  jb_printf (&j, "{\"filter\":\"freeze\",\"command\":");
+  jb_str (&j, en->verb);
+  if (mutating && readonly) {
+    ename = "EROFS";
+    snprintf (why, sizeof why, "the server is read-only: '%s' is refused",
+              en->verb);
+  }
+  else if (mutating && !policy_allows (policy, is_tls)) {
+    ename = "EPERM";
+    snprintf (why, sizeof why, "this client may not run '%s' "
+              "(freeze-commands=%s)", en->verb, policy_name (policy));
+  }
+  else if (strcmp (en->verb, "list") == 0 && en->nargs == 0)
+    r = points_cmd_list (&body);
+  else if (strcmp (en->verb, "begin") == 0 && en->nargs == 1)
+    r = points_cmd_begin (en->args[0], b, &body, &ename, why, sizeof why);
+  else if (strcmp (en->verb, "end") == 0 && en->nargs == 1)
+    r = points_cmd_end (en->args[0], &body, &ename, why, sizeof why);
+  else {
+    ename = "EINVAL";
+    snprintf (why, sizeof why, "bad arguments for '%s' (see "
+              "nbdkit-freeze-filter(1))", en->verb);
+  }
+  if (r == 0)
+    jb_printf (&j, ",\"ok\":true%s", body.p ? body.p : "");
+  else {
+    jb_printf (&j, ",\"ok\":false,\"errno\":");
+    jb_str (&j, ename ? ename : "EIO");
+    jb_printf (&j, ",\"error\":");
+    jb_str (&j, why);
+    nbdkit_debug ("freeze: %s failed: %s", en->verb, why);
+  }
+  jb_free (&body);
+  jb_printf (&j, "}\n");
+  h->json = j.p;
+  h->json_len = j.oom ? 0 : j.len;
+}
+
+/* Open the cbt change map between base and name below us. */
+static nbdkit_next *
+open_changes (nbdkit_backend *b, const char *base, const char *name)
+{
+  char ex[2 * NAME_MAX_LEN + 32];
+  nbdkit_next *next;
+  const char *d;
+
+  snprintf (ex, sizeof ex, "@cbt:diff/%s/%s", base, name);
+  next = nbdkit_next_context_open (b, 1, ex, 1);
+  if (next == NULL)
+    goto fail;
+  if (next->prepare (next) == -1) {
+    nbdkit_next_context_close (next);
+    goto fail;
+  }
+  d = next->export_description (next);
+  if (d == NULL || strncmp (d, "nbdsnap:cbt", 11) != 0 ||
+      next->get_size (next) == -1 || next->can_extents (next) != 1) {
+    next->finalize (next);
+    nbdkit_next_context_close (next);
+    goto fail;
+  }
+  return next;
+ fail:
+  nbdkit_error ("freeze: an incremental backup since '%s' needs the cbt "
+                "filter below the freeze filter, with checkpoints '%s' and "
+                "'%s' (see the messages above)", base, base, name);
+  return NULL;
+}
+
+static void *
+freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
+             int readonly, const char *exportname, int is_tls)
+{
+  struct handle *h;
+  struct export_name en;
+  char why[512];
+
+  h = calloc (1, sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  switch (export_name_parse (exportname, "freeze", &en, why, sizeof why)) {
+  case EXPORT_BAD:
+    nbdkit_error ("freeze: bad export name %s", why);
+    goto err;
+
+  case EXPORT_OTHER: {
+    struct export_name sn;
+    char w2[256];
+    if (points_any () &&
+        export_name_parse (exportname, "snapshot", &sn, w2,
+                           sizeof w2) == EXPORT_VERB &&
+        strcmp (sn.verb, "revert") == 0) {
+      nbdkit_error ("freeze: a snapshot revert is refused while a frozen "
+                    "point is held (end the backup first with "
+                    "@freeze:end/NAME)");
+      goto err;
+    }
+    h->kind = PASS;
+    if (next (nxdata, readonly, exportname) == -1)
+      goto err;
+    return h;
+  }
+
+  case EXPORT_LIVE:
+    h->kind = LIVE;
+    if (next (nxdata, readonly, exportname) == -1)
+      goto err;
+    return h;
+
+  case EXPORT_VIEW:
+  case EXPORT_VERB:
+    if (en.kind == EXPORT_VIEW || strcmp (en.verb, "diff") == 0) {
+      const char *name = en.kind == EXPORT_VIEW ? en.args[0] : en.args[1];
+      if (en.kind == EXPORT_VERB && en.nargs != 2) {
+        nbdkit_error ("freeze: %s: expected @freeze:diff/BASE/NAME",
+                      exportname);
+        goto err;
+      }
+      if (!name_valid (name, why, sizeof why) ||
+          (en.kind == EXPORT_VERB && !name_valid (en.args[0], why,
+                                                  sizeof why))) {
+        nbdkit_error ("freeze: %s: %s", exportname, why);
+        goto err;
+      }
+      h->kind = VIEW;
+      h->point = points_get (name, why, sizeof why);
+      if (h->point == NULL) {
+        nbdkit_error ("freeze: %s: %s", exportname, why);
+        goto err;
+      }
+      if (en.kind == EXPORT_VERB &&
+          (h->changes = open_changes (nbdkit_context_get_backend (nxdata),
+                                      en.args[0], name)) == NULL) {
+        points_put (h->point);
+        goto err;
+      }
+      if (next (nxdata, 1, "") == -1) {
+        if (h->changes) {
+          h->changes->finalize (h->changes);
+          nbdkit_next_context_close (h->changes);
+        }
+        points_put (h->point);
+        goto err;
+      }
+      snprintf (h->desc, sizeof h->desc, "nbdsnap:freeze view %s", name);
+      return h;
+    }
+    if (strcmp (en.verb, "list") && strcmp (en.verb, "begin") &&
+        strcmp (en.verb, "end")) {
+      nbdkit_error ("freeze: %s: unknown command '%s' (known: begin, end, "
+                    "list, diff)", exportname, en.verb);
+      goto err;
+    }
+    h->kind = COMMAND;
+    run_command (h, &en, nbdkit_context_get_backend (nxdata), readonly,
+                 is_tls);
+    if (h->json == NULL) {
+      nbdkit_error ("freeze: out of memory");
+      goto err;
+    }
+    snprintf (h->desc, sizeof h->desc, "nbdsnap:freeze command %s",
+              en.verb);
+    return h;
+  }
+ err:
+  free (h);
+  return NULL;
+}
+
+static void
+freeze_close (void *handle)
+{
+  struct handle *h = handle;
+
+  if (h->changes) {
+    h->changes->finalize (h->changes);
+    nbdkit_next_context_close (h->changes);
+  }
+  if (h->point)
+    points_put (h->point);
+  free (h->json);
+  free (h);
+}
+
+static int
+freeze_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  struct handle *h = handle;
+
+  if (h->kind == PASS) {
+    const char *d = next->export_description (next);
+    if (d == NULL || strncmp (d, "nbdsnap:", 8) != 0) {
+      nbdkit_error ("freeze: no filter below the freeze filter understands "
+                    "this export name (is the filter it names loaded, and "
+                    "below this one?)");
+      return -1;
+    }
+  }
+  if ((h->kind == LIVE || h->kind == VIEW) && next->can_extents (next) == -1)
+    return -1;
+  return 0;
+}
+
+static int64_t
+freeze_get_size (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  return h->kind == COMMAND ? (int64_t) h->json_len : next->get_size (next);
+}
+
+static const char *
+freeze_export_description (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+
+  if (h->kind == LIVE || h->kind == PASS)
+    return next->export_description (next);
+  return nbdkit_strdup_intern (h->desc);
+}
+
+static int
+freeze_block_size (nbdkit_next *next, void *handle,
+                   uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
+{
+  struct handle *h = handle;
+
+  if (h->kind == COMMAND) {
+    *minimum = *preferred = *maximum = 0;
+    return 0;
+  }
+  return next->block_size (next, minimum, preferred, maximum);
+}
+
+#define PASSTHRU_OR(name, view_value, cmd_value)                        \
+  static int                                                            \
+  freeze_##name (nbdkit_next *next, void *handle)                       \
+  {                                                                     \
+    struct handle *h = handle;                                          \
+    if (h->kind == COMMAND) return (cmd_value);                         \
+    if (h->kind == VIEW) return (view_value);                           \
+    return next->name (next);                                           \
+  }
+PASSTHRU_OR (can_write, 0, 0)
+PASSTHRU_OR (can_flush, 0, 0)
+PASSTHRU_OR (is_rotational, next->is_rotational (next), 0)
+PASSTHRU_OR (can_trim, 0, 0)
+PASSTHRU_OR (can_zero, NBDKIT_ZERO_NONE, NBDKIT_ZERO_NONE)
+PASSTHRU_OR (can_fast_zero, 0, 0)
+PASSTHRU_OR (can_fua, NBDKIT_FUA_NONE, NBDKIT_FUA_NONE)
+PASSTHRU_OR (can_multi_conn, 1, 0)
+PASSTHRU_OR (can_cache, NBDKIT_CACHE_NONE, NBDKIT_CACHE_NONE)
+PASSTHRU_OR (can_extents, 1, 0)
+
+static int
+freeze_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
+              uint64_t offset, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+
+  switch (h->kind) {
+  case COMMAND:
+    if (offset + count > h->json_len) {
+      *err = EIO;
+      return -1;
+    }
+    memcpy (buf, h->json + offset, count);
+    return 0;
+  case VIEW:
+    return points_pread (h->point, next, buf, count, offset, err);
+  default:
+    return next->pread (next, buf, count, offset, flags, err);
+  }
+}
+
+/* Writes of the live disk: save frozen content first, inside the gate so
+ * a point never begins in the middle of a write.
+ */
+#define SAVED(call)                                                     \
+  do {                                                                  \
+    struct handle *h = handle;                                          \
+    int r;                                                              \
+    if (h->kind != LIVE && h->kind != PASS) {                           \
+      *err = EROFS;                                                     \
+      return -1;                                                        \
+    }                                                                   \
+    points_enter ();                                                    \
+    points_save (next, offset, count);                                  \
+    r = (call);                                                         \
+    points_leave ();                                                    \
+    return r;                                                           \
+  } while (0)
+
+static int
+freeze_pwrite (nbdkit_next *next, void *handle, const void *buf,
+               uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  SAVED (next->pwrite (next, buf, count, offset, flags, err));
+}
+
+static int
+freeze_zero (nbdkit_next *next, void *handle, uint32_t count,
+             uint64_t offset, uint32_t flags, int *err)
+{
+  SAVED (next->zero (next, count, offset, flags, err));
+}
+
+static int
+freeze_trim (nbdkit_next *next, void *handle, uint32_t count,
+             uint64_t offset, uint32_t flags, int *err)
+{
+  SAVED (next->trim (next, count, offset, flags, err));
+}
+
+static int
+freeze_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+
+  if (h->kind != LIVE && h->kind != PASS)
+    return 0;
+  return next->flush (next, flags, err);
+}
+
+static int
+freeze_extents (nbdkit_next *next, void *handle, uint32_t count,
+                uint64_t offset, uint32_t flags,
+                struct nbdkit_extents *extents, int *err)
+{
+  struct handle *h = handle;
+
+  switch (h->kind) {
+  case COMMAND:
+    return nbdkit_add_extent (extents, offset, count, 0);
+  case VIEW:
+    return points_extents (h->point, next, h->changes, count, offset, flags,
+                           extents, err);
+  default:
+    return next->extents (next, count, offset, flags, extents, err);
+  }
+}
+
+static int
+freeze_cache (nbdkit_next *next, void *handle, uint32_t count,
+              uint64_t offset, uint32_t flags, int *err)
+{
+  return next->cache (next, count, offset, flags, err);
+}
+
+static struct nbdkit_filter filter = {
+  .name               = "freeze",
+  .longname           = "nbdsnap checkpoint freezing filter",
+  .unload             = freeze_unload,
+  .config             = freeze_config,
+  .config_complete    = freeze_config_complete,
+  .config_help        = freeze_config_help,
+  .thread_model       = freeze_thread_model,
+  .get_ready          = freeze_get_ready,
+  .cleanup            = freeze_cleanup,
+  .list_exports       = freeze_list_exports,
+  .open               = freeze_open,
+  .close              = freeze_close,
+  .prepare            = freeze_prepare,
+  .get_size           = freeze_get_size,
+  .export_description = freeze_export_description,
+  .block_size         = freeze_block_size,
+  .can_write          = freeze_can_write,
+  .can_flush          = freeze_can_flush,
+  .is_rotational      = freeze_is_rotational,
+  .can_trim           = freeze_can_trim,
+  .can_zero           = freeze_can_zero,
+  .can_fast_zero      = freeze_can_fast_zero,
+  .can_extents        = freeze_can_extents,
+  .can_fua            = freeze_can_fua,
+  .can_multi_conn     = freeze_can_multi_conn,
+  .can_cache          = freeze_can_cache,
+  .pread              = freeze_pread,
+  .pwrite             = freeze_pwrite,
+  .zero               = freeze_zero,
+  .trim               = freeze_trim,
+  .flush              = freeze_flush,
+  .extents            = freeze_extents,
+  .cache              = freeze_cache,
+};
+
+NBDKIT_REGISTER_FILTER (filter)

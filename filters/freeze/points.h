@@ -1,0 +1,65 @@
+/* nbdsnap freeze filter: frozen points (copy-before-write).
+ *
+ * A frozen point NAME keeps the disk as it was at one instant while
+ * writes go on: before a block is first changed after the instant, its
+ * old content is copied into the point's scratch file.  The point's view
+ * reads saved blocks from scratch and the others from the disk below,
+ * which still holds their frozen content.
+ */
+#ifndef NBDSNAP_FREEZE_POINTS_H
+#define NBDSNAP_FREEZE_POINTS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <nbdkit-filter.h>
+
+#include "json.h"
+
+struct freeze_config {
+  const char *dir;
+  uint64_t max_size;            /* scratch bytes per point, 0 = no limit */
+  uint32_t block_size;
+};
+
+struct point;
+
+int points_start (const struct freeze_config *cfg, nbdkit_backend *backend);
+void points_stop (void);
+uint32_t points_block_size (void);
+
+/* Live data path: bracket every write; points_save copies the frozen
+ * content of [offset, offset+count) into every point that lacks it,
+ * reading it through next.  Never fails the write: a point that cannot
+ * save (scratch full) is aborted instead.
+ */
+void points_enter (void);
+void points_leave (void);
+void points_save (nbdkit_next *next, uint64_t offset, uint64_t count);
+/* Are frozen points held (for refusing a snapshot revert below)? */
+bool points_any (void);
+
+/* Views.  points_get takes a reference (NULL + why if unknown). */
+struct point *points_get (const char *name, char *why, size_t whylen);
+void points_put (struct point *p);
+int points_pread (struct point *p, nbdkit_next *next, void *buf,
+                  uint32_t count, uint64_t offset, int *err);
+/* Extents of the frozen disk; changes: NULL for a full backup (frozen
+ * allocation), else the change map context (@cbt:diff/BASE/NAME below):
+ * blocks it reports as unchanged are HOLE.
+ */
+int points_extents (struct point *p, nbdkit_next *next, nbdkit_next *changes,
+                    uint32_t count, uint64_t offset, uint32_t flags,
+                    struct nbdkit_extents *extents, int *err);
+
+/* Commands. */
+int points_cmd_begin (const char *name, nbdkit_backend *backend,
+                      struct jbuf *j, const char **err_name,
+                      char *why, size_t whylen);
+int points_cmd_end (const char *name, struct jbuf *j, const char **err_name,
+                    char *why, size_t whylen);
+int points_cmd_list (struct jbuf *j);
+void points_foreach (void (*fn) (const char *name, void *opaque),
+                     void *opaque);
+
+#endif /* NBDSNAP_FREEZE_POINTS_H */
