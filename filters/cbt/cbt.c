@@ -234,7 +234,7 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
         name_valid (sn.args[0], w2, sizeof w2) &&
         tracker_mark_revert (nbdkit_context_get_backend (nxdata),
                              sn.args[0]) == -1) {
-      nbdkit_error ("cbt: cannot learn which blocks the revert to '%s' "
+      nbdkit_error ("cbt: cannot record the blocks the revert to '%s' "
                     "changes; refusing to pass it down", sn.args[0]);
       goto err;
     }

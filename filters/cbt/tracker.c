@@ -651,6 +651,11 @@ tracker_cmd_delete (const char *name, struct jbuf *j,
     memmove (&T.cps[i + 1], &T.cps[i], (T.ncps - i) * sizeof *T.cps);
     T.cps[i] = c;
     T.ncps++;
+    if (was_active && prev) {
+      /* c stays the active bitmap: its file and the durable set again. */
+      bm_seal (prev);
+      bm_activate (c);
+    }
     pthread_rwlock_unlock (&T.rw);
     gate_release (&T.gate);
     FAIL (errno_name (e), "cannot write the state file: %s", strerror (e));
@@ -787,22 +792,36 @@ tracker_extents (const char *since, const char *until, nbdkit_next *next,
       }
     }
     else {
-      /* Changed: data, or zero if the disk below says it reads as zero. */
+      /* Changed: per block, zero if the disk below says all of the block
+       * reads as zero, else data (block-aligned like the bitmap).
+       */
       struct nbdkit_extents *pe;
-      size_t i;
+      size_t i = 0, n;
+      uint64_t pos = offset;
 
       pe = nbdkit_extents_full (next, run_end - offset, offset, 0, err);
       if (pe == NULL) { r = -1; break; }
-      for (i = 0; i < nbdkit_extents_count (pe) && r == 0; ++i) {
-        struct nbdkit_extent e = nbdkit_get_extent (pe, i);
-        uint64_t s = e.offset < offset ? offset : e.offset;
-        uint64_t t = min64 (e.offset + e.length, run_end);
-        if (t > s &&
-            nbdkit_add_extent (extents, s, t - s,
-                               (e.type & NBDKIT_EXTENT_ZERO)
-                               ? NBDKIT_EXTENT_ZERO : 0) == -1) {
+      n = nbdkit_extents_count (pe);
+      while (r == 0 && pos < run_end) {
+        uint64_t bend = min64 (run_end, ((pos >> T.shift) + 1) << T.shift);
+        bool zero = true;
+        size_t k;
+
+        while (i + 1 < n && nbdkit_get_extent (pe, i).offset +
+               nbdkit_get_extent (pe, i).length <= pos)
+          i++;
+        for (k = i; k < n; ++k) {
+          struct nbdkit_extent e = nbdkit_get_extent (pe, k);
+          if (e.offset >= bend)
+            break;
+          if (!(e.type & NBDKIT_EXTENT_ZERO))
+            zero = false;
+        }
+        if (nbdkit_add_extent (extents, pos, bend - pos,
+                               zero ? NBDKIT_EXTENT_ZERO : 0) == -1) {
           *err = errno; r = -1;
         }
+        pos = bend;
       }
       nbdkit_extents_free (pe);
       if (r == -1) break;
@@ -815,52 +834,63 @@ tracker_extents (const char *since, const char *until, nbdkit_next *next,
   return r;
 }
 
-/* Mark the blocks a snapshot revert below us will change. */
+/* Mark the blocks a snapshot revert below us will change.  If the
+ * snapshot filter cannot tell us (no such snapshot, say), every block is
+ * marked: an incremental may then be larger, never incomplete.
+ */
 int
 tracker_mark_revert (nbdkit_backend *backend, const char *snapshot)
 {
   char name[NAME_MAX_LEN + 32];
   nbdkit_next *next;
   uint64_t off = 0;
-  int64_t size;
+  int64_t size = -1;
   int err = 0, r = -1;
+  bool opened = false;
 
   if (active () == NULL)
     return 0;                   /* no checkpoint: nothing to track */
   snprintf (name, sizeof name, "@snapshot:diff/%s", snapshot);
   next = nbdkit_next_context_open (backend, 1, name, 1);
-  if (next == NULL)
-    return -1;
-  if (next->prepare (next) == -1)
-    goto close;
-  size = next->get_size (next);
-  if (size == -1 || next->can_extents (next) != 1)
-    goto fin;
-  gate_enter (&T.gate);
-  while (off < (uint64_t) size) {
-    uint32_t len = min64 (size - off, UINT32_C (1) << 30);
-    struct nbdkit_extents *e = nbdkit_extents_full (next, len, off, 0, &err);
-    size_t i;
-
-    if (e == NULL)
-      break;
-    for (i = 0; i < nbdkit_extents_count (e); ++i) {
-      struct nbdkit_extent x = nbdkit_get_extent (e, i);
-      /* In a snapshot change map, HOLE alone means "unchanged". */
-      if (x.type != NBDKIT_EXTENT_HOLE &&
-          tracker_mark (x.offset, x.length, &err) == -1)
-        break;
-    }
-    nbdkit_extents_free (e);
-    off += len;
+  if (next != NULL && next->prepare (next) == 0) {
+    opened = true;
+    size = next->get_size (next);
+    if (size != (int64_t) T.size || next->can_extents (next) != 1)
+      size = -1;
   }
-  if (off >= (uint64_t) size)
+  gate_enter (&T.gate);
+  if (size == -1) {
+    nbdkit_debug ("cbt: no change map for the revert to '%s': marking "
+                  "every block", snapshot);
+    r = tracker_mark (0, T.size, &err);
+  }
+  else {
     r = 0;
+    while (r == 0 && off < (uint64_t) size) {
+      uint32_t len = min64 (size - off, UINT32_C (1) << 30);
+      struct nbdkit_extents *e = nbdkit_extents_full (next, len, off, 0,
+                                                      &err);
+      size_t i;
+
+      if (e == NULL) {
+        r = -1;
+        break;
+      }
+      for (i = 0; r == 0 && i < nbdkit_extents_count (e); ++i) {
+        struct nbdkit_extent x = nbdkit_get_extent (e, i);
+        /* In a snapshot change map, HOLE alone means "unchanged". */
+        if (x.type != NBDKIT_EXTENT_HOLE)
+          r = tracker_mark (x.offset, x.length, &err);
+      }
+      nbdkit_extents_free (e);
+      off += len;
+    }
+  }
   gate_leave (&T.gate);
- fin:
-  next->finalize (next);
- close:
-  nbdkit_next_context_close (next);
+  if (opened)
+    next->finalize (next);
+  if (next)
+    nbdkit_next_context_close (next);
   return r;
 }
 
@@ -953,8 +983,10 @@ load_state (char *text, size_t len, const struct tracker_config *cfg,
       }
       T.cps = np;
       c->fd = -1;
-      if (sscanf (line, "checkpoint %" SCNu64 " %" SCNd64 " %15s %64s",
-                  &c->id, &c->created, cons, c->name) != 4 ||
+      int used = -1;
+      if (sscanf (line, "checkpoint %" SCNu64 " %" SCNd64 " %15s %64s%n",
+                  &c->id, &c->created, cons, c->name, &used) != 4 ||
+          line[used] != '\0' ||
           (strcmp (cons, "consistent") && strcmp (cons, "inconsistent")) ||
           !name_valid (c->name, why, sizeof why) || find (c->name) >= 0 ||
           c->id == 0 || (T.ncps && c->id <= T.cps[T.ncps - 1]->id)) {
@@ -1019,6 +1051,25 @@ remove_strays (void)
     }
   }
   closedir (d);
+}
+
+static bool
+any_bitmaps (void)
+{
+  int fd = dup (T.dirfd);
+  DIR *d;
+  struct dirent *e;
+  bool any = false;
+
+  if (fd == -1 || (d = fdopendir (fd)) == NULL) {
+    if (fd >= 0) close (fd);
+    return false;
+  }
+  while ((e = readdir (d)) != NULL)
+    if (strncmp (e->d_name, "bitmap-", 7) == 0)
+      any = true;
+  closedir (d);
+  return any;
 }
 
 static void
@@ -1098,6 +1149,13 @@ tracker_start (const struct tracker_config *cfg, nbdkit_backend *backend)
     return -1;
   }
   else {
+    if (any_bitmaps ()) {
+      nbdkit_error ("cbt-dir %s: holds bitmaps but no state file (was it "
+                    "deleted?); restore it from a backup, or empty the "
+                    "directory to start again (the next backup must be "
+                    "full)", T.dir);
+      return -1;
+    }
     T.gran = cfg->granularity ? cfg->granularity : 65536;
     T.shift = __builtin_ctz (T.gran);
     T.next_id = 1;
@@ -1132,11 +1190,11 @@ tracker_start (const struct tracker_config *cfg, nbdkit_backend *backend)
      */
     struct ckpt *a = T.cps[T.ncps - 1];
     uint64_t b;
-    for (b = old_nblocks ? old_nblocks - 1 : 0;
+    for (b = old_size / T.gran;
          old_size < T.size && b < T.nblocks; ++b)
       bitset_set (&a->bits, b);
     for (i = 0; i + 1 < T.ncps; ++i)
-      if (old_size != T.size && bm_seal (T.cps[i]) == -1) {
+      if ((old_size != T.size || was_running) && bm_seal (T.cps[i]) == -1) {
         nbdkit_error ("cbt-dir %s: cannot rewrite a bitmap: %m", T.dir);
         return -1;
       }
