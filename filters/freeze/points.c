@@ -28,7 +28,8 @@ struct point {
   int fd;                       /* scratch: unlinked file in freeze-dir */
   struct bitset saved;          /* blocks whose frozen content is in fd */
   uint64_t used;                /* scratch bytes (atomic) */
-  bool failed;                  /* atomic: aborted, reads fail */
+  bool failing;                 /* atomic: fail_point claimed it */
+  bool failed;                  /* atomic: aborted (failure is set) */
   char failure[256];
   unsigned refs;                /* list + open views (P.lock) */
 };
@@ -167,9 +168,13 @@ void points_leave (void) { gate_leave (&P.gate); }
 static void
 fail_point (struct point *p, const char *what, int e)
 {
-  if (__atomic_exchange_n (&p->failed, true, __ATOMIC_ACQ_REL))
+  if (__atomic_exchange_n (&p->failing, true, __ATOMIC_ACQ_REL))
     return;
-  snprintf (p->failure, sizeof p->failure, "%s (%s)", what, strerror (e));
+  if (e)
+    snprintf (p->failure, sizeof p->failure, "%s (%s)", what, strerror (e));
+  else
+    snprintf (p->failure, sizeof p->failure, "%s", what);
+  __atomic_store_n (&p->failed, true, __ATOMIC_RELEASE);
   nbdkit_error ("freeze: backup '%s' aborted: %s", p->name, p->failure);
   /* Give the scratch space back. */
   if (ftruncate (p->fd, 0) == -1)
@@ -184,7 +189,7 @@ points_save (nbdkit_next *next, uint64_t offset, uint64_t count)
 
   if (count == 0 || !points_any ())
     return;                     /* no backup open: nothing to do */
-  buf = malloc (P.bs);
+  buf = NULL;
   pthread_rwlock_rdlock (&P.rw);
   b0 = offset >> P.shift;
   b1 = (offset + count - 1) >> P.shift;
@@ -200,6 +205,8 @@ points_save (nbdkit_next *next, uint64_t offset, uint64_t count)
           !bitset_get_atomic (&P.pts[i]->saved, b))
         need = true;
     if (need) {
+      if (buf == NULL)
+        buf = malloc (P.bs);
       if (buf && next->pread (next, buf, bl, b << P.shift, 0, &err) == 0)
         have = true;
       for (i = 0; i < P.npts; ++i) {
@@ -211,15 +218,17 @@ points_save (nbdkit_next *next, uint64_t offset, uint64_t count)
           fail_point (p, "cannot read the disk below to save a block",
                       buf ? err : ENOMEM);
         else if (P.max_size &&
-                 __atomic_load_n (&p->used, __ATOMIC_RELAXED) + bl
+                 __atomic_add_fetch (&p->used, bl, __ATOMIC_RELAXED)
                  > P.max_size)
+          /* Reserve first, so parallel writers cannot overshoot. */
           fail_point (p, "scratch space reached freeze-max-size",
                       ENOSPC);
         else if (pwrite (p->fd, buf, bl, b << P.shift) != (ssize_t) bl)
           fail_point (p, "cannot write scratch space in freeze-dir",
                       errno ? errno : ENOSPC);
         else {
-          __atomic_add_fetch (&p->used, bl, __ATOMIC_RELAXED);
+          if (!P.max_size)
+            __atomic_add_fetch (&p->used, bl, __ATOMIC_RELAXED);
           bitset_set_atomic (&p->saved, b);
         }
       }
@@ -553,6 +562,9 @@ points_cmd_end (const char *name, struct jbuf *j, const char **err_name,
   pthread_rwlock_unlock (&P.rw);
   jb_printf (j, ",\"point\":");
   json_point (j, p);
+  if (p->refs > 1)
+    /* Views still open would now see later writes: make them fail. */
+    fail_point (p, "the backup was ended while this view was open", 0);
   unref (p);
   r = 0;
  out:
