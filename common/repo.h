@@ -1,4 +1,142 @@
-/* nbdsnap common: the backup repository (placeholder, being written). */
+/* nbdsnap common: the backup repository.
+ *
+ * The ONLY code that reads or writes a repository (the backup plugin and
+ * the nbdsnap tool both go through it).  The on-disk format is described
+ * byte by byte in docs/repository-format.md.
+ *
+ *   REPO/repository             repository header (text, sha256 line)
+ *   REPO/points/NAME/manifest   one restore point (text, sha256 line)
+ *   REPO/points/NAME/index      sorted block entries (binary, checksummed)
+ *   REPO/points/NAME/data       concatenated stored blocks
+ *
+ * Error convention: functions taking (err, errlen) write one readable
+ * sentence there on failure (what is wrong and, where possible, how to
+ * fix it) and return -1 / NULL.  errno is also set.
+ */
 #ifndef NBDSNAP_REPO_H
 #define NBDSNAP_REPO_H
-#endif
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define REPO_NAME_MAX 64
+
+enum repo_block { REPO_BLOCK_ZERO = 0, REPO_BLOCK_DATA = 1 };
+
+struct repo;                      /* an open repository */
+
+struct repo_point_info {
+  char name[REPO_NAME_MAX + 1], kind[16] /* "full"|"incremental" */,
+       parent[REPO_NAME_MAX + 1] /* "" for full */, since[REPO_NAME_MAX + 1];
+  uint64_t disk_size, blocks /* index entries */, stored_bytes;
+  int64_t created; bool compressed;
+};
+
+/* Create an empty repository in dir (created if missing; must be empty
+ * otherwise).  block_size: power of two, 4 KiB .. 16 MiB (0 = 64 KiB).
+ */
+int repo_init (const char *dir, uint32_t block_size, char *err, size_t errlen);
+
+/* Open an existing repository (checks the repository file). */
+struct repo *repo_open (const char *dir, char *err, size_t errlen);
+
+/* Close a repository (readers/writers must be closed first). */
+void repo_close (struct repo *r);
+
+/* The repository's block size in bytes. */
+uint32_t repo_block_size (const struct repo *r);
+
+/* Points sorted oldest first (malloc'd array). */
+int repo_list (struct repo *r, struct repo_point_info **out, size_t *n,
+               char *err, size_t errlen);
+
+/* Writing one point; put_* are thread-safe (several connections copy in
+ * parallel).
+ */
+struct repo_writer;
+struct repo_writer *repo_writer_begin (struct repo *r, const char *name,
+                                       const char *parent /* NULL = full */,
+                                       const char *since /* NULL */,
+                                       uint64_t disk_size, bool compress,
+                                       char *err, size_t errlen);
+/* Store one data block (len = block_size, short only for the last block
+ * of the disk).  -1 on error: see repo_writer_error.
+ */
+int repo_writer_put_data (struct repo_writer *w, uint64_t block,
+                          const void *buf /* block_size bytes, short for the last block */,
+                          size_t len);
+/* Record that block reads as zeroes at this point. */
+int repo_writer_put_zero (struct repo_writer *w, uint64_t block);
+/* fsync, rename: the point exists after this.  Frees w (also on error,
+ * after removing the temp dir).
+ */
+int repo_writer_commit (struct repo_writer *w, char *err, size_t errlen);
+/* Removes the temp dir and frees w. */
+void repo_writer_abort (struct repo_writer *w);
+
+/* Reading a restore point through its chain; read verifies SHA-256. */
+struct repo_reader;
+struct repo_reader *repo_reader_open (struct repo *r, const char *point,
+                                      char *err, size_t errlen);
+/* The point's disk size in bytes. */
+uint64_t repo_reader_size (const struct repo_reader *rd);
+/* REPO_BLOCK_ZERO / REPO_BLOCK_DATA (O(1)). */
+int repo_reader_kind (struct repo_reader *rd, uint64_t block);
+/* Read one whole block (block_size bytes; the last block of the disk is
+ * short: repo_reader_size - block * block_size).  -1 on damage/IO;
+ * thread-safe (pread).
+ */
+int repo_reader_read (struct repo_reader *rd, uint64_t block, void *buf,
+                      char *err, size_t errlen);
+/* Close a reader. */
+void repo_reader_close (struct repo_reader *rd);
+
+/* Whole-repository operations.  report() gets one line per problem;
+ * returns the number of problems (0 = clean), -1 if it could not run.
+ */
+int repo_verify (struct repo *r, const char *point /* NULL = all */,
+                 void (*report) (const char *line, void *opaque),
+                 void *opaque);
+/* Fold incremental point into its parent: a new combined point with the
+ * child's name replaces the child; the parent is removed if no other
+ * point depends on it.
+ */
+int repo_merge (struct repo *r, const char *point, char *err, size_t errlen);
+/* Remove a point; refused if another point has it as parent. */
+int repo_delete (struct repo *r, const char *point, char *err, size_t errlen);
+
+/* ---- additions beyond the contract ---- */
+
+/* The directory the repository was opened from. */
+const char *repo_dir (const struct repo *r);
+
+/* Look up one point's manifest.  -1 (ENOENT) with a message if unknown. */
+int repo_point_get (struct repo *r, const char *point,
+                    struct repo_point_info *info, char *err, size_t errlen);
+
+/* Remove leftover points/.tmp-* directories of crashed backups or merges
+ * whose process is gone.  Returns the number removed, -1 on error.
+ */
+int repo_clean_tmp (struct repo *r, char *err, size_t errlen);
+
+/* The first error a put_* call met (NULL if none).  Valid until commit or
+ * abort.
+ */
+const char *repo_writer_error (struct repo_writer *w);
+
+/* The block size of the repository a reader reads from. */
+uint32_t repo_reader_block_size (const struct repo_reader *rd);
+
+/* Number of blocks of the reader's disk (last one possibly short). */
+uint64_t repo_reader_blocks (const struct repo_reader *rd);
+
+/* The name of the point owning block (the chain member whose index entry
+ * covers it), or NULL if no index entry covers it (reads as zero).
+ */
+const char *repo_reader_owner (struct repo_reader *rd, uint64_t block);
+
+/* Valid point name: [A-Za-z0-9._-]{1,64}, not starting with '.', no "..". */
+bool repo_name_valid (const char *name, char *why, size_t whylen);
+
+#endif /* NBDSNAP_REPO_H */
