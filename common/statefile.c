@@ -14,6 +14,25 @@
 #include "statefile.h"
 
 int
+dir_check_writable (int dirfd)
+{
+  static const char probe[] = ".nbdsnap-probe", probe2[] = ".nbdsnap-probe2";
+  int fd, saved;
+
+  fd = openat (dirfd, probe, O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0600);
+  if (fd == -1)
+    return -1;
+  close (fd);
+  if (renameat (dirfd, probe, dirfd, probe2) == -1) {
+    saved = errno;
+    unlinkat (dirfd, probe, 0);
+    errno = saved;
+    return -1;
+  }
+  return unlinkat (dirfd, probe2, 0);
+}
+
+int
 fsync_dirfd (int dirfd)
 {
   return fsync (dirfd);

@@ -24,6 +24,11 @@ int statefile_write (int dirfd, const char *name, const void *buf, size_t len)
 int statefile_read (int dirfd, const char *name, char **buf, size_t *len)
   __attribute__ ((nonnull (2, 3, 4)));
 
+/* Can files be created, renamed and removed in the directory?  -1 and
+ * errno if not (catches read-only mounts and immutable directories).
+ */
+int dir_check_writable (int dirfd);
+
 /* fsync a directory. */
 int fsync_dirfd (int dirfd);
 

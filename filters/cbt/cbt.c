@@ -21,6 +21,7 @@
 
 #include "exportname.h"
 #include "json.h"
+#include "param.h"
 #include "policy.h"
 #include "tracker.h"
 
@@ -48,18 +49,8 @@ cbt_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     cfg.dir = nbdkit_absolute_path (value);
     return cfg.dir ? 0 : -1;
   }
-  if (strcmp (key, "cbt-granularity") == 0) {
-    int64_t r = nbdkit_parse_size (value);
-    if (r == -1)
-      return -1;
-    if (r < 4096 || r > 16 * 1024 * 1024 || (r & (r - 1)) != 0) {
-      nbdkit_error ("cbt-granularity=%s: must be a power of two from 4K "
-                    "to 16M", value);
-      return -1;
-    }
-    cfg.granularity = r;
-    return 0;
-  }
+  if (strcmp (key, "cbt-granularity") == 0)
+    return param_block_size (key, value, &cfg.granularity);
   if (strcmp (key, "cbt-sync") == 0) {
     if (strcmp (value, "strict") == 0) cfg.sync = CBT_SYNC_STRICT;
     else if (strcmp (value, "flush") == 0) cfg.sync = CBT_SYNC_FLUSH;
@@ -83,6 +74,12 @@ cbt_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       return -1;
     cfg.reset_on_shrink = r;
     return 0;
+  }
+  if (strcmp (key, "snapshot-revert-on-close") == 0) {
+    nbdkit_error ("snapshot-revert-on-close cannot be used under the cbt "
+                  "filter: its automatic revert would change blocks the "
+                  "dirty bitmaps never see");
+    return -1;
   }
   if (strncmp (key, "cbt-", 4) == 0) {
     nbdkit_error ("unknown parameter '%s' (the cbt filter takes cbt-dir, "

@@ -487,7 +487,7 @@ static void
 json_ckpt (struct jbuf *j, size_t i)
 {
   /* Blocks changed since checkpoint i: union of bitmaps i .. n-1. */
-  uint64_t w, nw = payload_words (T.nblocks), blocks = 0;
+  uint64_t w, nw = payload_words (T.nblocks), blocks = 0, bytes;
   bool consistent = true;
 
   size_t k;
@@ -501,14 +501,23 @@ json_ckpt (struct jbuf *j, size_t i)
       v |= __atomic_load_n (&T.cps[k]->bits.words[w], __ATOMIC_RELAXED);
     blocks += __builtin_popcountll (v);
   }
+  bytes = blocks * T.gran;
+  /* The last block may be short. */
+  if (blocks && T.size % T.gran) {
+    bool last = false;
+    for (k = i; k < T.ncps; ++k)
+      if (bitset_get_atomic (&T.cps[k]->bits, T.nblocks - 1))
+        last = true;
+    if (last)
+      bytes -= T.gran - T.size % T.gran;
+  }
   jb_printf (j, "{\"name\":");
   jb_str (j, T.cps[i]->name);
   jb_printf (j, ",\"created\":");
   jb_time (j, T.cps[i]->created);
   jb_printf (j, ",\"consistent\":%s,\"dirty_blocks\":%" PRIu64
              ",\"dirty_bytes\":%" PRIu64 "}",
-             consistent ? "true" : "false", blocks,
-             min64 (blocks * T.gran, T.size));
+             consistent ? "true" : "false", blocks, bytes);
 }
 
 int
@@ -526,10 +535,8 @@ tracker_cmd_create (const char *name, struct jbuf *j,
   if (find (name) >= 0)
     FAIL ("EEXIST", "checkpoint '%s' already exists", name);
   c = calloc (1, sizeof *c);
-  np = realloc (T.cps, (T.ncps + 1) * sizeof *np);
-  if (c == NULL || np == NULL || bitset_init (&c->bits, T.nblocks) == -1)
+  if (c == NULL || bitset_init (&c->bits, T.nblocks) == -1)
     FAIL ("ENOMEM", "out of memory");
-  T.cps = np;
   c->fd = -1;
   c->id = T.next_id;
   c->created = time (NULL);
@@ -538,6 +545,14 @@ tracker_cmd_create (const char *name, struct jbuf *j,
   /* Every write lands wholly before or wholly after this instant. */
   gate_hold (&T.gate);
   pthread_rwlock_wrlock (&T.rw);
+  /* The list moves: only with every writer and reader out. */
+  np = realloc (T.cps, (T.ncps + 1) * sizeof *np);
+  if (np == NULL) {
+    pthread_rwlock_unlock (&T.rw);
+    gate_release (&T.gate);
+    FAIL ("ENOMEM", "out of memory");
+  }
+  T.cps = np;
   old = active ();
   if (old && bm_seal (old) == -1) {
     int e = errno;
@@ -1115,6 +1130,12 @@ tracker_start (const struct tracker_config *cfg, nbdkit_backend *backend)
     nbdkit_error ("cbt-dir %s: in use by another nbdkit process (its lock "
                   "file is held); stop it first or use another directory",
                   T.dir);
+    return -1;
+  }
+  if (dir_check_writable (T.dirfd) == -1) {
+    nbdkit_error ("cbt-dir %s: not writable (%m): nbdkit needs to create, "
+                  "rename and remove files there; fix the permissions, the "
+                  "mount or the immutable attribute", T.dir);
     return -1;
   }
   if (probe_size (backend) == -1)

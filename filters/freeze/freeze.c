@@ -22,6 +22,7 @@
 
 #include "exportname.h"
 #include "json.h"
+#include "param.h"
 #include "points.h"
 #include "policy.h"
 
@@ -55,25 +56,10 @@ freeze_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     cfg.dir = nbdkit_absolute_path (value);
     return cfg.dir ? 0 : -1;
   }
-  if (strcmp (key, "freeze-max-size") == 0) {
-    int64_t r = nbdkit_parse_size (value);
-    if (r == -1)
-      return -1;
-    cfg.max_size = r;
-    return 0;
-  }
-  if (strcmp (key, "freeze-block-size") == 0) {
-    int64_t r = nbdkit_parse_size (value);
-    if (r == -1)
-      return -1;
-    if (r < 4096 || r > 16 * 1024 * 1024 || (r & (r - 1)) != 0) {
-      nbdkit_error ("freeze-block-size=%s: must be a power of two from 4K "
-                    "to 16M", value);
-      return -1;
-    }
-    cfg.block_size = r;
-    return 0;
-  }
+  if (strcmp (key, "freeze-max-size") == 0)
+    return param_size (key, value, &cfg.max_size);
+  if (strcmp (key, "freeze-block-size") == 0)
+    return param_block_size (key, value, &cfg.block_size);
   if (strcmp (key, "freeze-commands") == 0) {
     if (policy_parse (value, &policy) == -1) {
       nbdkit_error ("freeze-commands=%s: expected none, any, unix, tls or "
@@ -81,6 +67,12 @@ freeze_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       return -1;
     }
     return 0;
+  }
+  if (strcmp (key, "snapshot-revert-on-close") == 0) {
+    nbdkit_error ("snapshot-revert-on-close cannot be used under the freeze "
+                  "filter: its automatic revert would change a frozen disk "
+                  "behind the filter's back");
+    return -1;
   }
   if (strncmp (key, "freeze-", 7) == 0) {
     nbdkit_error ("unknown parameter '%s' (the freeze filter takes "
@@ -248,17 +240,28 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   case EXPORT_OTHER: {
     struct export_name sn;
     char w2[256];
-    if (points_any () &&
-        export_name_parse (exportname, "snapshot", &sn, w2,
-                           sizeof w2) == EXPORT_VERB &&
-        strcmp (sn.verb, "revert") == 0) {
+    bool revert = export_name_parse (exportname, "snapshot", &sn, w2,
+                                     sizeof w2) == EXPORT_VERB &&
+      strcmp (sn.verb, "revert") == 0;
+    int r;
+
+    /* Inside the gate, no point can begin between the check and the
+     * revert below.
+     */
+    if (revert)
+      points_enter ();
+    if (revert && points_any ()) {
+      points_leave ();
       nbdkit_error ("freeze: a snapshot revert is refused while a frozen "
                     "point is held (end the backup first with "
                     "@freeze:end/NAME)");
       goto err;
     }
     h->kind = PASS;
-    if (next (nxdata, readonly, exportname) == -1)
+    r = next (nxdata, readonly, exportname);
+    if (revert)
+      points_leave ();
+    if (r == -1)
       goto err;
     return h;
   }

@@ -179,6 +179,7 @@ fail_point (struct point *p, const char *what, int e)
   /* Give the scratch space back. */
   if (ftruncate (p->fd, 0) == -1)
     nbdkit_debug ("freeze: ftruncate scratch: %m");
+  __atomic_store_n (&p->used, 0, __ATOMIC_RELAXED);
 }
 
 void

@@ -188,6 +188,26 @@ layer_unlink (int dirfd, uint64_t id)
   unlinkat (dirfd, name, 0);
 }
 
+static void *
+free_thread (void *l)
+{
+  layer_free (l);
+  return NULL;
+}
+
+void
+layer_free_background (struct layer *l)
+{
+  pthread_t t;
+  pthread_attr_t a;
+
+  pthread_attr_init (&a);
+  pthread_attr_setdetachstate (&a, PTHREAD_CREATE_DETACHED);
+  if (pthread_create (&t, &a, free_thread, l) != 0)
+    layer_free (l);
+  pthread_attr_destroy (&a);
+}
+
 void
 layer_free (struct layer *l)
 {

@@ -70,6 +70,12 @@ void layer_unlink (int dirfd, uint64_t id);
 /* Close the data file and free the layer. */
 void layer_free (struct layer *l);
 
+/* The same in a detached thread: closing the last descriptor of an
+ * unlinked data file frees its blocks, which takes time in proportion to
+ * the data and must not stall a revert.
+ */
+void layer_free_background (struct layer *l);
+
 /* File names of a layer. */
 void layer_data_name (uint64_t id, char *buf, size_t len);
 void layer_map_name (uint64_t id, char *buf, size_t len);

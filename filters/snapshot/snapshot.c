@@ -20,6 +20,7 @@
 
 #include "exportname.h"
 #include "json.h"
+#include "param.h"
 #include "policy.h"
 #include "store.h"
 
@@ -47,18 +48,8 @@ snapshot_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     cfg.dir = nbdkit_absolute_path (value);
     return cfg.dir ? 0 : -1;
   }
-  if (strcmp (key, "snapshot-block-size") == 0) {
-    int64_t r = nbdkit_parse_size (value);
-    if (r == -1)
-      return -1;
-    if (r < 4096 || r > 16 * 1024 * 1024 || (r & (r - 1)) != 0) {
-      nbdkit_error ("snapshot-block-size=%s: must be a power of two from "
-                    "4K to 16M", value);
-      return -1;
-    }
-    cfg.block_size = r;
-    return 0;
-  }
+  if (strcmp (key, "snapshot-block-size") == 0)
+    return param_block_size (key, value, &cfg.block_size);
   if (strcmp (key, "snapshot-commands") == 0) {
     if (policy_parse (value, &policy) == -1) {
       nbdkit_error ("snapshot-commands=%s: expected none, any, unix, tls "

@@ -578,7 +578,7 @@ unref (struct layer *l)
 {
   if (--l->refs == 0) {
     S.slots[l->slot] = NULL;
-    layer_free (l);
+    layer_free_background (l);
   }
 }
 
@@ -1614,6 +1614,12 @@ store_start (const struct store_config *cfg, nbdkit_backend *backend)
     nbdkit_error ("snapshot-dir %s: in use by another nbdkit process (its "
                   "lock file is held); stop it first or use another "
                   "directory", S.dir);
+    return -1;
+  }
+  if (dir_check_writable (S.dirfd) == -1) {
+    nbdkit_error ("snapshot-dir %s: not writable (%m): nbdkit needs to create, "
+                  "rename and remove files there; fix the permissions, the "
+                  "mount or the immutable attribute", S.dir);
     return -1;
   }
   if (probe_plugin (backend) == -1)
