@@ -105,8 +105,18 @@ case "$action" in
         ;;
     check)
         say "make check"
+        summary() {   # the plain closing line CI systems read
+            [ -f test-suite.log ] || return 0
+            local p f s e
+            p=$(sed -n 's/^# PASS: *//p' test-suite.log)
+            f=$(sed -n 's/^# FAIL: *//p' test-suite.log)
+            s=$(sed -n 's/^# SKIP: *//p' test-suite.log)
+            e=$(sed -n 's/^# ERROR: *//p' test-suite.log)
+            echo "${p:-0} passed, $(( ${f:-0} + ${e:-0} )) failed, ${s:-0} skipped"
+        }
         if make check </dev/null; then
             say "all tests passed"
+            summary
             exit 0
         fi
         echo
@@ -121,6 +131,7 @@ case "$action" in
             fi
         done
         [ -f test-suite.log ] && { echo; echo "=== test-suite.log summary ==="; head -n 20 test-suite.log; }
+        summary
         exit 1
         ;;
 esac
