@@ -70,23 +70,3 @@ b = mc.changed_blocks(h, int(os.environ["GRAN"]))
 mc.close(h)
 print(" ".join(str(x) for x in sorted(b)))'
 }
-
-# cbt_captive FUNC NBDKIT-ARGS...
-#   Like captive (functions.sh) but works when nbdkit's --run shell is
-#   dash, which drops bash's exported functions from the environment: the
-#   functions of the test are written to a file that a child bash sources
-#   before running FUNC (with -e, pipefail, $uri, $unixsocket).  Variables
-#   FUNC needs must be exported by the test.
-cbt_captive ()
-{
-    local func=$1 st=0 f=$tmpdir/captive-$1.sh; shift
-    {
-        echo 'set -e; set -o pipefail'
-        declare -f
-        echo "$func"
-    } > "$f"
-    export tmpdir PYTHON testname testsdir C F CBT_FILTER SNAPSHOT_FILTER
-    timeout "${TEST_TIMEOUT:-300}" \
-        nbdkit -U - "$@" --run "export uri unixsocket; bash $(printf '%q' "$f")" || st=$?
-    [ "$st" -eq 0 ] || fail "captive nbdkit running $func failed (status $st)"
-}

@@ -38,6 +38,6 @@ ok ()
     json_check "$(cbt_list "$uri")" "j['granularity'] == $CBT_G"
 }
 CBT_G=4096; export CBT_G
-cbt_captive ok --filter="$C" memory 1M cbt-dir="$tmpdir/g4k" cbt-granularity=4K
+captive ok --filter="$C" memory 1M cbt-dir="$tmpdir/g4k" cbt-granularity=4K
 CBT_G=16777216
-cbt_captive ok --filter="$C" memory 64M cbt-dir="$tmpdir/g16m" cbt-granularity=16M
+captive ok --filter="$C" memory 64M cbt-dir="$tmpdir/g16m" cbt-granularity=16M

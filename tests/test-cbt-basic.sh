@@ -94,7 +94,7 @@ h.pwrite(b'\xdd' * $K, 15 * $K)"
     fi
     same_content "$uri" "" "$tmpdir/live"
 }
-export K; cbt_captive t1 --filter="$C" memory 1M cbt-dir="$tmpdir/d1"
+export K; captive t1 --filter="$C" memory 1M cbt-dir="$tmpdir/d1"
 
 # Granularity 4K: a one-byte write marks exactly its 4K block.
 t2 ()
@@ -109,4 +109,4 @@ t2 ()
     json_check "$(cbt_list "$uri")" 'j["granularity"] == 4096' \
         'j["sync"] == "strict"' 'j["checkpoints"][0]["dirty_blocks"] == 3'
 }
-cbt_captive t2 --filter="$C" memory 1M cbt-dir="$tmpdir/d2" cbt-granularity=4K cbt-sync=strict
+captive t2 --filter="$C" memory 1M cbt-dir="$tmpdir/d2" cbt-granularity=4K cbt-sync=strict

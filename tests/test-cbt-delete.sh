@@ -99,4 +99,4 @@ t ()
     expect @cbt/C7 "11"
 }
 export K
-cbt_captive t --filter="$C" memory 1M cbt-dir="$tmpdir/d"
+captive t --filter="$C" memory 1M cbt-dir="$tmpdir/d"

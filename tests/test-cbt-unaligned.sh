@@ -24,4 +24,4 @@ h.pwrite(b'\x22' * 1000, 1048576)"
         'j["checkpoints"][0]["dirty_blocks"] == 2' \
         'j["checkpoints"][0]["dirty_bytes"] == 65536 + 1000'
 }
-cbt_captive t --filter="$C" memory $((1048576 + 1000)) cbt-dir="$tmpdir/d"
+captive t --filter="$C" memory $((1048576 + 1000)) cbt-dir="$tmpdir/d"

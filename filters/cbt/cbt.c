@@ -223,19 +223,31 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   case EXPORT_OTHER: {
     struct export_name sn;
     char w2[256];
+    bool revert;
+    int r;
+
     h->kind = PASS;
-    /* A snapshot revert below changes blocks we never see written. */
-    if (export_name_parse (exportname, "snapshot", &sn, w2,
-                           sizeof w2) == EXPORT_VERB &&
-        strcmp (sn.verb, "revert") == 0 && sn.nargs >= 1 &&
-        name_valid (sn.args[0], w2, sizeof w2) &&
-        tracker_mark_revert (nbdkit_context_get_backend (nxdata),
-                             sn.args[0]) == -1) {
-      nbdkit_error ("cbt: cannot record the blocks the revert to '%s' "
-                    "changes; refusing to pass it down", sn.args[0]);
-      goto err;
+    /* A snapshot revert below changes blocks we never see written: mark
+     * them, and let no checkpoint fall between the marking and the revert.
+     */
+    revert = export_name_parse (exportname, "snapshot", &sn, w2,
+                                sizeof w2) == EXPORT_VERB &&
+      strcmp (sn.verb, "revert") == 0 && sn.nargs >= 1 &&
+      name_valid (sn.args[0], w2, sizeof w2);
+    if (revert) {
+      tracker_commands_lock ();
+      if (tracker_mark_revert (nbdkit_context_get_backend (nxdata),
+                               sn.args[0]) == -1) {
+        tracker_commands_unlock ();
+        nbdkit_error ("cbt: cannot record the blocks the revert to '%s' "
+                      "changes; refusing to pass it down", sn.args[0]);
+        goto err;
+      }
     }
-    if (next (nxdata, readonly, exportname) == -1)
+    r = next (nxdata, readonly, exportname);
+    if (revert)
+      tracker_commands_unlock ();
+    if (r == -1)
       goto err;
     return h;
   }

@@ -849,6 +849,9 @@ tracker_extents (const char *since, const char *until, nbdkit_next *next,
   return r;
 }
 
+void tracker_commands_lock (void) { pthread_mutex_lock (&T.cmd_lock); }
+void tracker_commands_unlock (void) { pthread_mutex_unlock (&T.cmd_lock); }
+
 /* Mark the blocks a snapshot revert below us will change.  If the
  * snapshot filter cannot tell us (no such snapshot, say), every block is
  * marked: an incremental may then be larger, never incomplete.
@@ -1060,6 +1063,8 @@ remove_strays (void)
     for (i = 0; i < T.ncps; ++i)
       if (T.cps[i]->id == id)
         known = true;
+    if (strcmp (rest, "bits") != 0 && strcmp (rest, "bits.tmp") != 0)
+      continue;                 /* not a name we write: leave it */
     if (!known || strcmp (rest, "bits") != 0) {
       nbdkit_debug ("cbt: removing stray %s", e->d_name);
       unlinkat (T.dirfd, e->d_name, 0);

@@ -69,6 +69,12 @@ int tracker_cmd_delete (const char *name, struct jbuf *j,
 void tracker_foreach (void (*fn) (const char *name, void *opaque),
                       void *opaque);
 
+/* Keep checkpoint commands out while a snapshot revert is marked and
+ * passed down, so no checkpoint falls between the two.
+ */
+void tracker_commands_lock (void);
+void tracker_commands_unlock (void);
+
 /* A snapshot revert is about to pass down: ask the snapshot filter below
  * (through backend) which blocks it will change and mark them dirty.
  */

@@ -1529,6 +1529,9 @@ remove_strays (void)
     for (s = 1; s < MAX_SLOTS; ++s)
       if (S.slots[s] && S.slots[s]->id == id)
         known = true;
+    if (strcmp (rest, "data") != 0 && strcmp (rest, "map") != 0 &&
+        strcmp (rest, "map.tmp") != 0)
+      continue;                 /* not a name we write: leave it */
     if (!known || strstr (rest, "tmp")) {
       nbdkit_debug ("snapshot: removing stray %s", e->d_name);
       unlinkat (S.dirfd, e->d_name, 0);
