@@ -48,7 +48,10 @@ cleanup ()
 }
 trap cleanup EXIT
 
-bytes=$(numfmt --from=iec "$SIZE")
+case "$SIZE" in
+    [0-9]*) bytes=$(numfmt --from=iec "$SIZE") ;;
+    *) echo "usage: bench/bench-backup.sh [SIZE]   (e.g. 4G; REPEAT=N runs)" >&2; exit 2 ;;
+esac
 
 # serve NAME ARGS...: nbdkit in the background on $work/NAME.sock.
 serve ()
@@ -200,6 +203,13 @@ verdict () { if [ "$(echo "$1 $2" | awk '{ print ($1 '"$3"' $2) }')" = 1 ]; then
     echo "| backup throughput / nbdcopy view->null: throughput | $R_BN | (info) | |"
     echo "| restore->file / nbdcopy plugin->file throughput | $R_RF | >= 0.8 | $(verdict "$R_RF" 0.8 '>=') |"
     echo "| restore->NBD / nbdcopy file->NBD throughput | $R_RN | >= 0.8 | $(verdict "$R_RN" 0.8 '>=') |"
+    echo
+    sha=$(openssl speed -evp sha256 -bytes 65536 -seconds 1 2>/dev/null | awk '/^sha256/ { printf "%.0f", $2 / 1024 }')
+    echo "Context: SHA-256 runs at ${sha:-?} MiB/s per CPU here (openssl speed, 64K blocks; gnutls is"
+    echo "as fast); $(nproc) CPUs shared with the nbdkit server; load average at the end:"
+    echo "$(cut -d' ' -f1-3 /proc/loadavg).  A backup hashes every byte it stores (per block, in"
+    echo "parallel) and the repository library hashes the data file once more (in order, under its"
+    echo "lock); a restore hashes every byte once (verification).  nbdcopy hashes nothing."
     echo
     echo "Runs (seconds): full ${full[*]}; incremental ${inc[*]}; nbdcopy->null ${cnull[*]};"
     echo "nbdcopy->file ${cfile[*]}; restore->file ${rfile[*]}; plugin->file ${pfile[*]};"

@@ -35,7 +35,7 @@ repo=$tmpdir/repo
 start_server srv --filter=delay --filter="$FREEZE_FILTER" \
     --filter="$CBT_FILTER" --filter="$F" memory "$SIZE" \
     freeze-dir="$tmpdir" cbt-dir="$tmpdir/cbt" snapshot-dir="$tmpdir/snap" \
-    cbt-granularity=16K delay-read=100ms
+    cbt-granularity=16K delay-read=200ms
 U=$(uri srv)
 
 # writes SEED COUNT: random writes, zeroes and trims on the live disk.

@@ -123,7 +123,7 @@ start_srv ()
 {
     start_server srv --filter=delay --filter="$FREEZE_FILTER" \
         --filter="$CBT_FILTER" file "$tmpdir/disk.img" freeze-dir="$tmpdir" \
-        cbt-dir="$tmpdir/cbt" cbt-sync=flush delay-read=20ms
+        cbt-dir="$tmpdir/cbt" cbt-sync=flush delay-read=100ms
 }
 start_srv
 U=$(uri srv)
@@ -293,7 +293,7 @@ echo "== frozen point aborted by the server (freeze-max-size)"
 stop_server srv
 start_server small --filter=delay --filter="$FREEZE_FILTER" \
     --filter="$CBT_FILTER" memory 16M freeze-dir="$tmpdir" \
-    cbt-dir="$tmpdir/cbt3" freeze-max-size=256K delay-read=50ms
+    cbt-dir="$tmpdir/cbt3" freeze-max-size=256K delay-read=200ms
 fill small 4
 "$N" backup "$(uri small)" "$tmpdir/repo3" --full --name A1 --connections 1 \
     --no-progress > "$tmpdir/a1.out" 2>&1 &

@@ -1,0 +1,451 @@
+/* nbdsnap tool: server management through command exports.
+ *
+ *   nbdsnap snapshot create|list|revert|delete|diff URI ...
+ *   nbdsnap checkpoint create|list|delete|diff URI ...
+ *   nbdsnap freeze begin|list|end URI ...
+ *
+ * Each command opens the filter's command export once (opening it runs
+ * the command), reads its JSON result, and prints it as a table, or as
+ * it is with --json.  Exit 0 if "ok" is true, 1 if the server refused
+ * (the result's error is printed), 2 on usage or connection errors.
+ */
+#include <config.h>
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libnbd.h>
+
+#include "nbdsnap.h"
+
+/* Run a command export and check "ok".  On success *docp is the result
+ * (caller frees).  With --json the result is printed as it is.
+ */
+static int
+do_command (const char *uri, const char *exportname, const char *filter,
+            char **docp)
+{
+  bool refused;
+  char err[ERRLEN], e2[ERRLEN];
+  char *doc;
+  size_t len;
+
+  *docp = NULL;
+  doc = run_command (uri, exportname, &refused, err, sizeof err);
+  if (doc == NULL) {
+    if (refused)
+      return fail (EXIT_FAILED, "the server refused '%s' (is the %s filter "
+                   "loaded in this server?): %s", exportname, filter, err);
+    return fail (EXIT_USAGE, "cannot connect to %s: %s", uri, err);
+  }
+  if (opt_json) {
+    len = strlen (doc);
+    fputs (doc, stdout);
+    if (len == 0 || doc[len - 1] != '\n')
+      putchar ('\n');
+  }
+  if (!jok (doc)) {
+    jerror (doc, e2, sizeof e2);
+    msg ("%s: %s", exportname, e2);
+    free (doc);
+    return EXIT_FAILED;
+  }
+  *docp = doc;
+  return EXIT_OK;
+}
+
+/* Parse "VERB URI [ARGS...]" with options --force (if allowed) and
+ * --json.  Returns the number of positional arguments after VERB.
+ */
+static int
+parse_args (int argc, char **argv, bool allow_force, bool *force,
+            char **pos, int maxpos)
+{
+  static const struct option long_opts[] = {
+    { "force", no_argument, NULL, 'f' },
+    { "json", no_argument, NULL, 'j' },
+    { "verbose", no_argument, NULL, 'v' },
+    { NULL, 0, NULL, 0 }
+  };
+  int c, n = 0;
+
+  optind = 0;
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, "v", long_opts, NULL)) != -1) {
+    switch (c) {
+    case 'f':
+      if (!allow_force)
+        usage_error ("%s: unknown option --force", argv[0]);
+      *force = true;
+      break;
+    case 'j': opt_json = true; break;
+    case 'v': opt_verbose++; break;
+    default:
+      usage_error ("%s: unknown option '%s'", argv[0], argv[optind - 1]);
+    }
+  }
+  for (; optind < argc; optind++) {
+    if (n == maxpos)
+      usage_error ("%s: too many arguments ('%s')", argv[0], argv[optind]);
+    pos[n++] = argv[optind];
+  }
+  return n;
+}
+
+static void
+need_args (const char *verb, int n, int min, int max, const char *synopsis)
+{
+  if (n < min || n > max)
+    usage_error ("usage: nbdsnap %s", synopsis);
+  (void) verb;
+}
+
+static void
+check_name (const char *what, const char *name)
+{
+  if (!filter_name_ok (name))
+    usage_error ("invalid %s name '%s' (1 to 64 of A-Z a-z 0-9 . _ -, "
+                 "not '.', no '..')", what, name);
+}
+
+static void
+check_uri (const char *uri)
+{
+  char *u = uri_with_export (uri, "");
+  if (u == NULL)
+    usage_error ("'%s' is not an NBD URI (nbd://HOST[:PORT]/, "
+                 "nbd+unix:///?socket=PATH, nbds://...)", uri);
+  free (u);
+}
+
+/*--------------------------------------------------------- change maps --*/
+
+/* Print the base:allocation extents of a change-map view. */
+static int
+show_map (const char *uri, const char *exportname, const char *what)
+{
+  char err[ERRLEN];
+  struct nbd_handle *h;
+  struct extent *v = NULL;
+  size_t n = 0, i;
+  int64_t size;
+  uint64_t changed = 0;
+
+  h = connect_export (uri, exportname, true, err, sizeof err);
+  if (h == NULL)
+    return open_failed (uri, exportname, what, err,
+                        "no such snapshot or checkpoint, or the filter is "
+                        "not loaded (see the server's log)");
+  size = nbd_get_size (h);
+  if (size < 0) {
+    disconnect (h);
+    return fail (EXIT_FAILED, "%s: %s", exportname, nbd_get_error ());
+  }
+  if (nbd_can_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) {
+    disconnect (h);
+    return fail (EXIT_FAILED, "%s: the server sends no extents",
+                 exportname);
+  }
+  if (get_extents (h, size, &v, &n, err, sizeof err) == -1) {
+    disconnect (h);
+    return fail (EXIT_FAILED, "%s: %s", exportname, err);
+  }
+  disconnect (h);
+  for (i = 0; i < n; ++i)
+    if (v[i].type != LIBNBD_STATE_HOLE)
+      changed += v[i].length;
+  if (opt_json) {
+    printf ("{\"ok\":true,\"export\":");
+    json_str (stdout, exportname);
+    printf (",\"disk_size\":%" PRId64 ",\"changed_bytes\":%" PRIu64
+            ",\"extents\":[", size, changed);
+    for (i = 0; i < n; ++i)
+      printf ("%s{\"offset\":%" PRIu64 ",\"length\":%" PRIu64
+              ",\"type\":%u,\"changed\":%s,\"zero\":%s}", i ? "," : "",
+              v[i].offset, v[i].length, v[i].type,
+              v[i].type != LIBNBD_STATE_HOLE ? "true" : "false",
+              (v[i].type & LIBNBD_STATE_ZERO) ? "true" : "false");
+    printf ("]}\n");
+  }
+  else {
+    char a[32];
+    printf ("%14s %14s %4s  %s\n", "OFFSET", "LENGTH", "TYPE",
+            "DESCRIPTION");
+    for (i = 0; i < n; ++i)
+      printf ("%14" PRIu64 " %14" PRIu64 " %4u  %s\n", v[i].offset,
+              v[i].length, v[i].type,
+              v[i].type == LIBNBD_STATE_HOLE ? "unchanged" :
+              v[i].type == LIBNBD_STATE_ZERO ? "changed, reads as zero" :
+              v[i].type == 0 ? "changed, data" : "hole,zero");
+    printf ("changed: %" PRIu64 " bytes (%s) of %" PRId64 "\n", changed,
+            human_size (changed, a, sizeof a), size);
+  }
+  free (v);
+  return EXIT_OK;
+}
+
+/*------------------------------------------------------------ snapshot --*/
+
+static void
+print_snapshots (const char *doc)
+{
+  const char *it = NULL, *s, *live;
+  char name[80], parent[80], created[40], a[32];
+  uint64_t bytes;
+  bool merging, isnull;
+
+  printf ("%-24s %-24s %-21s %8s\n", "NAME", "PARENT", "CREATED", "BYTES");
+  while ((s = jnext (jget (doc, "snapshots"), &it)) != NULL) {
+    jstr (jget (s, "name"), name, sizeof name, NULL);
+    jstr (jget (s, "parent"), parent, sizeof parent, &isnull);
+    jstr (jget (s, "created"), created, sizeof created, NULL);
+    if (!jnum (jget (s, "bytes"), &bytes))
+      bytes = 0;
+    if (!jbool (jget (s, "merging"), &merging))
+      merging = false;
+    printf ("%-24s %-24s %-21s %8s%s\n", name, isnull ? "-" : parent,
+            created, human_size (bytes, a, sizeof a),
+            merging ? "  (deleted, merging)" : "");
+  }
+  live = jget (doc, "live");
+  if (live) {
+    jstr (jget (live, "parent"), parent, sizeof parent, &isnull);
+    if (!jnum (jget (live, "bytes"), &bytes))
+      bytes = 0;
+    printf ("%-24s %-24s %-21s %8s\n", "(live disk)", isnull ? "-" : parent,
+            "", human_size (bytes, a, sizeof a));
+  }
+}
+
+int
+cmd_snapshot (int argc, char **argv)
+{
+  char *pos[4], ex[256];
+  bool force = false;
+  const char *verb;
+  char *doc;
+  int n, r;
+
+  if (argc < 2)
+    usage_error ("usage: nbdsnap snapshot create|list|revert|delete|diff "
+                 "URI ...");
+  verb = argv[1];
+  n = parse_args (argc - 1, argv + 1, strcmp (verb, "revert") == 0, &force,
+                  pos, 4);
+  if (strcmp (verb, "list") == 0) {
+    need_args (verb, n, 1, 1, "snapshot list URI");
+    check_uri (pos[0]);
+    if ((r = do_command (pos[0], "@snapshot:list", "snapshot", &doc)))
+      return r;
+    if (!opt_json)
+      print_snapshots (doc);
+    free (doc);
+    return EXIT_OK;
+  }
+  if (strcmp (verb, "diff") == 0) {
+    need_args (verb, n, 2, 3, "snapshot diff URI BASE [NAME]");
+    check_uri (pos[0]);
+    check_name ("snapshot", pos[1]);
+    if (n == 3) {
+      check_name ("snapshot", pos[2]);
+      snprintf (ex, sizeof ex, "@snapshot:diff/%s/%s", pos[1], pos[2]);
+    }
+    else
+      snprintf (ex, sizeof ex, "@snapshot:diff/%s", pos[1]);
+    return show_map (pos[0], ex, "snapshot diff");
+  }
+  if (strcmp (verb, "create") && strcmp (verb, "revert") &&
+      strcmp (verb, "delete"))
+    usage_error ("snapshot: unknown action '%s' (create, list, revert, "
+                 "delete, diff)", verb);
+  if (n != 2)
+    usage_error ("usage: nbdsnap snapshot %s URI NAME%s", verb,
+                 strcmp (verb, "revert") == 0 ? " [--force]" : "");
+  check_uri (pos[0]);
+  check_name ("snapshot", pos[1]);
+  snprintf (ex, sizeof ex, "@snapshot:%s/%s%s", verb, pos[1],
+            force ? "/force" : "");
+  if ((r = do_command (pos[0], ex, "snapshot", &doc)))
+    return r;
+  if (!opt_json) {
+    if (strcmp (verb, "create") == 0)
+      printf ("snapshot '%s' created\n", pos[1]);
+    else if (strcmp (verb, "revert") == 0) {
+      uint64_t d = 0;
+      char a[32];
+      jnum (jget (doc, "discarded_bytes"), &d);
+      printf ("live disk reverted to snapshot '%s' (%s discarded)\n",
+              pos[1], human_size (d, a, sizeof a));
+    }
+    else
+      printf ("snapshot '%s' deleted\n", pos[1]);
+  }
+  free (doc);
+  return EXIT_OK;
+}
+
+/*---------------------------------------------------------- checkpoint --*/
+
+static void
+print_checkpoints (const char *doc)
+{
+  const char *it = NULL, *c;
+  char name[80], created[40], a[32], sync[16] = "";
+  uint64_t bytes, gran = 0;
+  bool consistent;
+
+  jstr (jget (doc, "sync"), sync, sizeof sync, NULL);
+  jnum (jget (doc, "granularity"), &gran);
+  printf ("%-24s %-21s %-10s %10s\n", "NAME", "CREATED", "CONSISTENT",
+          "CHANGED");
+  while ((c = jnext (jget (doc, "checkpoints"), &it)) != NULL) {
+    jstr (jget (c, "name"), name, sizeof name, NULL);
+    jstr (jget (c, "created"), created, sizeof created, NULL);
+    if (!jbool (jget (c, "consistent"), &consistent))
+      consistent = false;
+    if (!jnum (jget (c, "dirty_bytes"), &bytes))
+      bytes = 0;
+    printf ("%-24s %-21s %-10s %10s\n", name, created,
+            consistent ? "yes" : "NO", human_size (bytes, a, sizeof a));
+  }
+  if (gran)
+    printf ("(granularity %s, cbt-sync=%s)\n", human_size (gran, a, sizeof a),
+            sync);
+}
+
+int
+cmd_checkpoint (int argc, char **argv)
+{
+  char *pos[4], ex[256];
+  bool force = false;
+  const char *verb;
+  char *doc;
+  int n, r;
+
+  if (argc < 2)
+    usage_error ("usage: nbdsnap checkpoint create|list|delete|diff URI ...");
+  verb = argv[1];
+  n = parse_args (argc - 1, argv + 1, false, &force, pos, 4);
+  if (strcmp (verb, "list") == 0) {
+    need_args (verb, n, 1, 1, "checkpoint list URI");
+    check_uri (pos[0]);
+    if ((r = do_command (pos[0], "@cbt:list", "cbt", &doc)))
+      return r;
+    if (!opt_json)
+      print_checkpoints (doc);
+    free (doc);
+    return EXIT_OK;
+  }
+  if (strcmp (verb, "diff") == 0) {
+    need_args (verb, n, 2, 3, "checkpoint diff URI SINCE [UNTIL]");
+    check_uri (pos[0]);
+    check_name ("checkpoint", pos[1]);
+    if (n == 3) {
+      check_name ("checkpoint", pos[2]);
+      snprintf (ex, sizeof ex, "@cbt:diff/%s/%s", pos[1], pos[2]);
+    }
+    else
+      snprintf (ex, sizeof ex, "@cbt/%s", pos[1]);
+    return show_map (pos[0], ex, "checkpoint diff");
+  }
+  if (strcmp (verb, "create") && strcmp (verb, "delete"))
+    usage_error ("checkpoint: unknown action '%s' (create, list, delete, "
+                 "diff)", verb);
+  if (n != 2)
+    usage_error ("usage: nbdsnap checkpoint %s URI NAME", verb);
+  check_uri (pos[0]);
+  check_name ("checkpoint", pos[1]);
+  snprintf (ex, sizeof ex, "@cbt:%s/%s", verb, pos[1]);
+  if ((r = do_command (pos[0], ex, "cbt", &doc)))
+    return r;
+  if (!opt_json) {
+    if (strcmp (verb, "create") == 0)
+      printf ("checkpoint '%s' created\n", pos[1]);
+    else {
+      char into[80] = "";
+      bool isnull = true;
+      jstr (jget (doc, "merged_into"), into, sizeof into, &isnull);
+      if (isnull || into[0] == '\0')
+        printf ("checkpoint '%s' deleted\n", pos[1]);
+      else
+        printf ("checkpoint '%s' deleted (its changes now count for "
+                "'%s')\n", pos[1], into);
+    }
+  }
+  free (doc);
+  return EXIT_OK;
+}
+
+/*-------------------------------------------------------------- freeze --*/
+
+static void
+print_point (const char *p)
+{
+  char name[80], created[40], a[32], err[ERRLEN];
+  uint64_t scratch = 0;
+  bool cp = false, aborted = false;
+
+  jstr (jget (p, "name"), name, sizeof name, NULL);
+  jstr (jget (p, "created"), created, sizeof created, NULL);
+  jbool (jget (p, "checkpoint"), &cp);
+  jbool (jget (p, "aborted"), &aborted);
+  jnum (jget (p, "scratch_bytes"), &scratch);
+  jstr (jget (p, "error"), err, sizeof err, NULL);
+  printf ("%-24s %-21s %-10s %10s  %s%s\n", name, created, cp ? "yes" : "no",
+          human_size (scratch, a, sizeof a), aborted ? "ABORTED: " : "",
+          aborted ? err : "");
+}
+
+int
+cmd_freeze (int argc, char **argv)
+{
+  char *pos[4], ex[256];
+  bool force = false;
+  const char *verb, *it = NULL, *p;
+  char *doc;
+  int n, r;
+
+  if (argc < 2)
+    usage_error ("usage: nbdsnap freeze begin|list|end URI ...");
+  verb = argv[1];
+  n = parse_args (argc - 1, argv + 1, false, &force, pos, 4);
+  if (strcmp (verb, "list") == 0) {
+    need_args (verb, n, 1, 1, "freeze list URI");
+    check_uri (pos[0]);
+    if ((r = do_command (pos[0], "@freeze:list", "freeze", &doc)))
+      return r;
+    if (!opt_json) {
+      printf ("%-24s %-21s %-10s %10s\n", "NAME", "CREATED", "CHECKPOINT",
+              "SCRATCH");
+      while ((p = jnext (jget (doc, "points"), &it)) != NULL)
+        print_point (p);
+    }
+    free (doc);
+    return EXIT_OK;
+  }
+  if (strcmp (verb, "begin") && strcmp (verb, "end"))
+    usage_error ("freeze: unknown action '%s' (begin, list, end)", verb);
+  if (n != 2)
+    usage_error ("usage: nbdsnap freeze %s URI NAME", verb);
+  check_uri (pos[0]);
+  check_name ("frozen point", pos[1]);
+  snprintf (ex, sizeof ex, "@freeze:%s/%s", verb, pos[1]);
+  if ((r = do_command (pos[0], ex, "freeze", &doc)))
+    return r;
+  if (!opt_json) {
+    if (strcmp (verb, "begin") == 0) {
+      bool cp = false;
+      jbool (jget (jget (doc, "point"), "checkpoint"), &cp);
+      printf ("frozen point '%s' held%s; read it as export @freeze/%s, "
+              "release it with: nbdsnap freeze end URI %s\n", pos[1],
+              cp ? " (with checkpoint)" : "", pos[1], pos[1]);
+    }
+    else
+      printf ("frozen point '%s' released\n", pos[1]);
+  }
+  free (doc);
+  return EXIT_OK;
+}
