@@ -2,10 +2,10 @@
 # nbdsnap: install dependencies (Debian 12), build, and optionally run
 # the demo or the test suite.
 #
-#   sudo ./setup.sh          install + build
-#   sudo ./setup.sh demo     install + build + run demo/demo.sh
-#   sudo ./setup.sh check    install + build + run the whole test suite
-#   sudo ./setup.sh bench    install + build + run bench/bench-snapshot.sh
+#   ./setup.sh          install + build
+#   ./setup.sh demo     install + build + run demo/demo.sh
+#   ./setup.sh check    install + build + run the whole test suite
+#   ./setup.sh bench    install + build + run bench/bench-snapshot.sh
 #
 # Idempotent: packages already present are not reinstalled, autoreconf
 # and configure only run when their outputs are missing or stale.
