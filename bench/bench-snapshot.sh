@@ -2,7 +2,7 @@
 # nbdsnap snapshot filter benchmark (not a test: it never fails on a
 # missed target, only on a broken setup).
 #
-#   bash bench/bench-snapshot.sh            (or: sudo ./setup.sh bench)
+#   bash bench/bench-snapshot.sh            (or: ./setup.sh bench)
 #
 # Everything runs on nbdkit's memory plugin so that the numbers measure
 # the filters, not a disk.  Environment overrides:
