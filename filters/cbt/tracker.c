@@ -32,6 +32,7 @@
 #include <nbdkit-filter.h>
 
 #include "bitmap.h"
+#include "command.h"
 #include "exportname.h"
 #include "gate.h"
 #include "statefile.h"
@@ -422,8 +423,6 @@ static int
 save_state (bool running)
 {
   struct jbuf j = { 0 };
-  char hex[2 * SHA256_LEN + 1];
-  uint8_t sum[SHA256_LEN];
   size_t i;
   int r;
 
@@ -437,19 +436,12 @@ save_state (bool running)
                T.cps[i]->id, T.cps[i]->created,
                T.cps[i]->inconsistent ? "inconsistent" : "consistent",
                T.cps[i]->name);
-  if (j.oom || sha256_buf (j.p, j.len, sum) == -1) {
-    jb_free (&j);
-    errno = ENOMEM;
-    return -1;
-  }
-  hex_encode (sum, SHA256_LEN, hex);
-  jb_printf (&j, "sha256 %s\n", hex);
   if (j.oom) {
     jb_free (&j);
     errno = ENOMEM;
     return -1;
   }
-  r = statefile_write (T.dirfd, STATE_NAME, j.p, j.len);
+  r = state_text_write (T.dirfd, STATE_NAME, j.p, j.len);
   jb_free (&j);
   return r;
 }
@@ -917,20 +909,10 @@ tracker_mark_revert (nbdkit_backend *backend, const char *snapshot)
 static int
 probe_size (nbdkit_backend *backend)
 {
-  nbdkit_next *next = nbdkit_next_context_open (backend, 1, "", 1);
-  int64_t size = -1;
+  int64_t size = disk_below_size (backend, "cbt");
 
-  if (next == NULL)
+  if (size == -1)
     return -1;
-  if (next->prepare (next) == 0) {
-    size = next->get_size (next);
-    next->finalize (next);
-  }
-  nbdkit_next_context_close (next);
-  if (size == -1) {
-    nbdkit_error ("cbt: cannot get the size of the disk below");
-    return -1;
-  }
   T.size = size;
   return 0;
 }
@@ -945,8 +927,7 @@ load_state (char *text, size_t len, const struct tracker_config *cfg,
             bool *was_running, enum cbt_sync *was_sync,
             uint64_t *old_size)
 {
-  char *sumline, *line, *save = NULL;
-  uint8_t sum[SHA256_LEN], calc[SHA256_LEN];
+  char *line, *save = NULL;
   uint64_t disk_size = 0, next_id = 0;
   uint32_t gran = 0;
   int version = 0, r = -1;
@@ -957,20 +938,8 @@ load_state (char *text, size_t len, const struct tracker_config *cfg,
 
   *was_running = false;
   *was_sync = CBT_SYNC_FLUSH;
-  if (len == 0 || text[len - 1] != '\n')
-    BAD ("%s: truncated state file; %s", T.dir, STATE_NAME, fix);
-  text[len - 1] = '\0';
-  sumline = strrchr (text, '\n');
-  if (sumline == NULL || strncmp (sumline + 1, "sha256 ", 7) != 0 ||
-      strlen (sumline + 8) != 2 * SHA256_LEN ||
-      hex_decode (sumline + 8, sum, SHA256_LEN) == -1)
-    BAD ("%s: not an nbdsnap cbt state file, or truncated; %s",
-         T.dir, STATE_NAME, fix);
-  sumline[1] = '\0';
-  if (sha256_buf (text, sumline + 1 - text, calc) == -1 ||
-      memcmp (sum, calc, SHA256_LEN) != 0)
-    BAD ("%s: checksum mismatch: the state file is corrupt; %s",
-         T.dir, STATE_NAME, fix);
+  if (state_text_check (text, len, why, sizeof why) == -1)
+    BAD ("%s: %s; %s", T.dir, STATE_NAME, why, fix);
 
   for (line = strtok_r (text, "\n", &save), k = 0; line;
        line = strtok_r (NULL, "\n", &save), ++k) {

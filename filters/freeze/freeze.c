@@ -21,6 +21,7 @@
 #include <nbdkit-filter.h>
 
 #include "exportname.h"
+#include "command.h"
 #include "json.h"
 #include "param.h"
 #include "points.h"
@@ -144,48 +145,24 @@ static void
 run_command (struct handle *h, const struct export_name *en,
              nbdkit_backend *b, int readonly, int is_tls)
 {
-  struct jbuf j = { 0 }, body = { 0 };
-  const char *ename = NULL;
-  char why[512] = "";
-  bool mutating = strcmp (en->verb, "list") != 0;
+  struct command c = { .filter = "freeze", .verb = en->verb };
+  const char *v = en->verb;
   int r = -1;
 
-  jb_printf (&j, "{\"filter\":\"freeze\",\"command\":");
-  jb_str (&j, en->verb);
-  if (mutating && readonly) {
-    ename = "EROFS";
-    snprintf (why, sizeof why, "the server is read-only: '%s' is refused",
-              en->verb);
-  }
-  else if (mutating && !policy_allows (policy, is_tls)) {
-    ename = "EPERM";
-    snprintf (why, sizeof why, "this client may not run '%s' "
-              "(freeze-commands=%s)", en->verb, policy_name (policy));
-  }
-  else if (strcmp (en->verb, "list") == 0 && en->nargs == 0)
-    r = points_cmd_list (&body);
-  else if (strcmp (en->verb, "begin") == 0 && en->nargs == 1)
-    r = points_cmd_begin (en->args[0], b, &body, &ename, why, sizeof why);
-  else if (strcmp (en->verb, "end") == 0 && en->nargs == 1)
-    r = points_cmd_end (en->args[0], &body, &ename, why, sizeof why);
-  else {
-    ename = "EINVAL";
-    snprintf (why, sizeof why, "bad arguments for '%s' (see "
-              "nbdkit-freeze-filter(1))", en->verb);
-  }
-  if (r == 0)
-    jb_printf (&j, ",\"ok\":true%s", body.p ? body.p : "");
-  else {
-    jb_printf (&j, ",\"ok\":false,\"errno\":");
-    jb_str (&j, ename ? ename : "EIO");
-    jb_printf (&j, ",\"error\":");
-    jb_str (&j, why);
-    nbdkit_debug ("freeze: %s failed: %s", en->verb, why);
-  }
-  jb_free (&body);
-  jb_printf (&j, "}\n");
-  h->json = j.p;
-  h->json_len = j.oom ? 0 : j.len;
+  if (command_allowed (&c, strcmp (v, "list") != 0, policy, readonly,
+                       is_tls) == -1)
+    ;
+  else if (strcmp (v, "list") == 0 && en->nargs == 0)
+    r = points_cmd_list (&c.body);
+  else if (strcmp (v, "begin") == 0 && en->nargs == 1)
+    r = points_cmd_begin (en->args[0], b, &c.body, &c.ename, c.why,
+                          sizeof c.why);
+  else if (strcmp (v, "end") == 0 && en->nargs == 1)
+    r = points_cmd_end (en->args[0], &c.body, &c.ename, c.why,
+                        sizeof c.why);
+  else
+    command_bad_args (&c, "nbdkit-freeze-filter(1)");
+  command_finish (&c, r, &h->json, &h->json_len);
 }
 
 /* Open the cbt change map between base and name below us. */
@@ -352,15 +329,8 @@ freeze_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   struct handle *h = handle;
 
-  if (h->kind == PASS) {
-    const char *d = next->export_description (next);
-    if (d == NULL || strncmp (d, "nbdsnap:", 8) != 0) {
-      nbdkit_error ("freeze: no filter below the freeze filter understands "
-                    "this export name (is the filter it names loaded, and "
-                    "below this one?)");
-      return -1;
-    }
-  }
+  if (h->kind == PASS && command_check_below (next, "freeze") == -1)
+    return -1;
   if ((h->kind == LIVE || h->kind == VIEW) && next->can_extents (next) == -1)
     return -1;
   return 0;
@@ -424,12 +394,7 @@ freeze_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
 
   switch (h->kind) {
   case COMMAND:
-    if (offset + count > h->json_len) {
-      *err = EIO;
-      return -1;
-    }
-    memcpy (buf, h->json + offset, count);
-    return 0;
+    return command_pread (h->json, h->json_len, buf, count, offset, err);
   case VIEW:
     return points_pread (h->point, next, buf, count, offset, err);
   default:

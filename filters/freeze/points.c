@@ -15,6 +15,7 @@
 #include <nbdkit-filter.h>
 
 #include "bitmap.h"
+#include "command.h"
 #include "exportname.h"
 #include "gate.h"
 #include "points.h"
@@ -78,7 +79,6 @@ uint32_t points_block_size (void) { return P.bs; }
 int
 points_start (const struct freeze_config *cfg, nbdkit_backend *backend)
 {
-  nbdkit_next *next;
   int64_t size = -1;
   size_t i;
 
@@ -103,18 +103,9 @@ points_start (const struct freeze_config *cfg, nbdkit_backend *backend)
     }
     close (fd);
   }
-  next = nbdkit_next_context_open (backend, 1, "", 1);
-  if (next == NULL)
+  size = disk_below_size (backend, "freeze");
+  if (size == -1)
     return -1;
-  if (next->prepare (next) == 0) {
-    size = next->get_size (next);
-    next->finalize (next);
-  }
-  nbdkit_next_context_close (next);
-  if (size == -1) {
-    nbdkit_error ("freeze: cannot get the size of the disk below");
-    return -1;
-  }
   P.size = size;
   P.nblocks = (size + P.bs - 1) / P.bs;
   return 0;

@@ -19,6 +19,7 @@
 #include <nbdkit-filter.h>
 
 #include "exportname.h"
+#include "command.h"
 #include "json.h"
 #include "param.h"
 #include "policy.h"
@@ -152,59 +153,29 @@ static void
 run_command (struct handle *h, const struct export_name *en, int readonly,
              int is_tls)
 {
-  struct jbuf j = { 0 };
-  const char *ename = NULL;
-  char why[512] = "";
-  const char *verb = en->verb;
-  bool mutating = strcmp (verb, "list") != 0;
+  struct command c = { .filter = "snapshot", .verb = en->verb };
+  const char *v = en->verb;
   int r = -1;
 
-  jb_printf (&j, "{\"filter\":\"snapshot\",\"command\":");
-  jb_str (&j, verb);
-  {
-    struct jbuf body = { 0 };
-
-    if (mutating && readonly) {
-      ename = "EROFS";
-      snprintf (why, sizeof why, "the server is read-only: '%s' is refused",
-                verb);
-    }
-    else if (mutating && !policy_allows (policy, is_tls)) {
-      ename = "EPERM";
-      snprintf (why, sizeof why, "this client may not run '%s' "
-                "(snapshot-commands=%s)", verb, policy_name (policy));
-    }
-    else if (strcmp (verb, "list") == 0 && en->nargs == 0)
-      r = store_cmd_list (&body);
-    else if (strcmp (verb, "create") == 0 && en->nargs == 1)
-      r = store_cmd_create (en->args[0], &body, &ename, why, sizeof why);
-    else if (strcmp (verb, "delete") == 0 && en->nargs == 1)
-      r = store_cmd_delete (en->args[0], &body, &ename, why, sizeof why);
-    else if (strcmp (verb, "revert") == 0 &&
-             (en->nargs == 1 ||
-              (en->nargs == 2 && strcmp (en->args[1], "force") == 0)))
-      r = store_cmd_revert (en->args[0], en->nargs == 2, &body,
-                            &ename, why, sizeof why);
-    else {
-      ename = "EINVAL";
-      snprintf (why, sizeof why, "bad arguments for '%s' (see "
-                "nbdkit-snapshot-filter(1))", verb);
-    }
-    if (r == 0) {
-      jb_printf (&j, ",\"ok\":true%s", body.p ? body.p : "");
-    }
-    else {
-      jb_printf (&j, ",\"ok\":false,\"errno\":");
-      jb_str (&j, ename ? ename : "EIO");
-      jb_printf (&j, ",\"error\":");
-      jb_str (&j, why);
-      nbdkit_debug ("snapshot: %s failed: %s", verb, why);
-    }
-    jb_free (&body);
-  }
-  jb_printf (&j, "}\n");
-  h->json = j.p;
-  h->json_len = j.oom ? 0 : j.len;
+  if (command_allowed (&c, strcmp (v, "list") != 0, policy, readonly,
+                       is_tls) == -1)
+    ;
+  else if (strcmp (v, "list") == 0 && en->nargs == 0)
+    r = store_cmd_list (&c.body);
+  else if (strcmp (v, "create") == 0 && en->nargs == 1)
+    r = store_cmd_create (en->args[0], &c.body, &c.ename, c.why,
+                          sizeof c.why);
+  else if (strcmp (v, "delete") == 0 && en->nargs == 1)
+    r = store_cmd_delete (en->args[0], &c.body, &c.ename, c.why,
+                          sizeof c.why);
+  else if (strcmp (v, "revert") == 0 &&
+           (en->nargs == 1 ||
+            (en->nargs == 2 && strcmp (en->args[1], "force") == 0)))
+    r = store_cmd_revert (en->args[0], en->nargs == 2, &c.body,
+                          &c.ename, c.why, sizeof c.why);
+  else
+    command_bad_args (&c, "nbdkit-snapshot-filter(1)");
+  command_finish (&c, r, &h->json, &h->json_len);
 }
 
 static void *
@@ -320,16 +291,8 @@ snapshot_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   struct handle *h = handle;
 
-  if (h->kind == PASS) {
-    const char *d = next->export_description (next);
-    if (d == NULL || strncmp (d, "nbdsnap:", 8) != 0) {
-      nbdkit_error ("snapshot: no filter below the snapshot filter "
-                    "understands this export name (is the filter it names "
-                    "loaded, and below this one?)");
-      return -1;
-    }
-    return 0;
-  }
+  if (h->kind == PASS)
+    return command_check_below (next, "snapshot");
   if ((h->kind == LIVE || h->kind == VIEW) &&
       next->get_size (next) != (int64_t) store_size ()) {
     nbdkit_error ("snapshot: the plugin's disk changed size under us");
@@ -464,12 +427,7 @@ snapshot_pread (nbdkit_next *next, void *handle, void *buf,
   case PASS:
     return next->pread (next, buf, count, offset, flags, err);
   case COMMAND:
-    if (offset + count > h->json_len) {
-      *err = EIO;
-      return -1;
-    }
-    memcpy (buf, h->json + offset, count);
-    return 0;
+    return command_pread (h->json, h->json_len, buf, count, offset, err);
   default:
     return store_pread (&h->view, next, buf, count, offset, err);
   }

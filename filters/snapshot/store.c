@@ -597,7 +597,6 @@ save_state (void)
 {
   struct jbuf j = { 0 };        /* used as a plain text buffer */
   char hex[2 * SHA256_LEN + 1];
-  uint8_t sum[SHA256_LEN];
   size_t i;
   int r;
 
@@ -624,19 +623,12 @@ save_state (void)
       last = l->id;
     }
   }
-  if (j.oom || sha256_buf (j.p, j.len, sum) == -1) {
-    jb_free (&j);
-    errno = ENOMEM;
-    return -1;
-  }
-  hex_encode (sum, SHA256_LEN, hex);
-  jb_printf (&j, "sha256 %s\n", hex);
   if (j.oom) {
     jb_free (&j);
     errno = ENOMEM;
     return -1;
   }
-  r = statefile_write (S.dirfd, STATE_NAME, j.p, j.len);
+  r = state_text_write (S.dirfd, STATE_NAME, j.p, j.len);
   jb_free (&j);
   return r;
 }
@@ -1344,8 +1336,7 @@ line_ok (const char *line)
 static int
 load_state (char *text, size_t len, uint32_t want_bs)
 {
-  char *sumline, *line, *save = NULL;
-  uint8_t sum[SHA256_LEN], calc[SHA256_LEN];
+  char *line, *save = NULL;
   struct parsed_layer *pl = NULL;
   size_t npl = 0, i, k;
   uint64_t disk_size = 0, next_id = 0;
@@ -1357,22 +1348,8 @@ load_state (char *text, size_t len, uint32_t want_bs)
   const char *fix = "restore the directory from a backup, or start with an "
     "empty snapshot-dir (its snapshots are then lost)";
 
-  /* The checksum line is the last line and covers everything before it. */
-  if (len == 0 || text[len - 1] != '\n')
-    BAD ("%s: truncated state file (no final newline); %s",
-         S.dir, STATE_NAME, fix);
-  text[len - 1] = '\0';
-  sumline = strrchr (text, '\n');
-  if (sumline == NULL || strncmp (sumline + 1, "sha256 ", 7) != 0 ||
-      strlen (sumline + 8) != 2 * SHA256_LEN ||
-      hex_decode (sumline + 8, sum, SHA256_LEN) == -1)
-    BAD ("%s: not an nbdsnap snapshot state file, or truncated (no "
-         "checksum line); %s", S.dir, STATE_NAME, fix);
-  sumline[1] = '\0';            /* keep the '\n' that the sum covers */
-  if (sha256_buf (text, sumline + 1 - text, calc) == -1 ||
-      memcmp (sum, calc, SHA256_LEN) != 0)
-    BAD ("%s: checksum mismatch: the state file is corrupt; %s",
-         S.dir, STATE_NAME, fix);
+  if (state_text_check (text, len, why, sizeof why) == -1)
+    BAD ("%s: %s; %s", S.dir, STATE_NAME, why, fix);
 
   for (line = strtok_r (text, "\n", &save), k = 0; line;
        line = strtok_r (NULL, "\n", &save), ++k) {
