@@ -40,17 +40,22 @@
 #include "exportname.h"
 #include "statefile.h"
 #include "repo.h"
+#include "writeback.h"
 
 #define REPO_VERSION 1
-#define POINT_VERSION 1
+#define POINT_VERSION 2
 #define INDEX_VERSION 1
-#define DATA_VERSION 1
+#define DATA_VERSION 2
 
 #define INDEX_MAGIC "NBDSNAPI"
 #define DATA_MAGIC "NBDSNAPD"
 #define INDEX_HDR 32
 #define ENTRY_SIZE 53
-#define DATA_HDR 16
+/* The data file's header fills its first page so that uncompressed
+ * blocks are page-aligned in the file: aligned writes are much cheaper
+ * for the page cache than writes straddling pages.
+ */
+#define DATA_HDR 4096
 
 #define KIND_DATA 1
 #define KIND_ZERO 2
@@ -506,18 +511,17 @@ struct manifest {
   uint32_t block_size;
   bool compressed, full;
   int64_t created;
-  uint8_t index_sha[SHA256_LEN], data_sha[SHA256_LEN];
+  uint8_t index_sha[SHA256_LEN];
 };
 
 static size_t
 manifest_format (const struct manifest *m, char *buf, size_t size)
 {
-  char t[64], ih[2 * SHA256_LEN + 1], dh[2 * SHA256_LEN + 1];
+  char t[64], ih[2 * SHA256_LEN + 1];
   size_t len;
 
   format_time (m->created, t, sizeof t);
   hex_encode (m->index_sha, SHA256_LEN, ih);
-  hex_encode (m->data_sha, SHA256_LEN, dh);
   len = snprintf (buf, size,
                   "nbdsnap-point\n"
                   "version %d\n"
@@ -533,13 +537,12 @@ manifest_format (const struct manifest *m, char *buf, size_t size)
                   "created %s\n"
                   "blocks %" PRIu64 "\n"
                   "data-size %" PRIu64 "\n"
-                  "index-sha256 %s\n"
-                  "data-sha256 %s\n",
+                  "index-sha256 %s\n",
                   POINT_VERSION, m->name, m->full ? "full" : "incremental",
                   m->full ? "-" : m->parent, m->checkpoint,
                   m->since[0] ? m->since : "-", m->sequence, m->disk_size,
                   m->block_size, m->compressed ? "zstd" : "none", t,
-                  m->blocks, m->data_size, ih, dh);
+                  m->blocks, m->data_size, ih);
   return add_text_sha (buf, len);
 }
 
@@ -654,9 +657,6 @@ manifest_read (struct repo *r, const char *dirname, struct manifest *m,
     goto bad;
   if (!next_line (&p, end, "index-sha256", &v) || strlen (v) != 64 ||
       hex_decode (v, m->index_sha, SHA256_LEN))
-    goto bad;
-  if (!next_line (&p, end, "data-sha256", &v) || strlen (v) != 64 ||
-      hex_decode (v, m->data_sha, SHA256_LEN))
     goto bad;
   if (p != end)
     goto bad;
@@ -881,6 +881,8 @@ struct repo_writer {
   struct manifest m;
   char tmpname[REPO_NAME_MAX + 32];
   int dirfd, datafd, spillfd;
+  int directfd;                 /* data with O_DIRECT, -1 if unavailable */
+  bool no_direct;               /* O_DIRECT writes failed: do not use */
   uint64_t nblocks;
   bool merge;                   /* exchange with an existing point */
   bool caller_locked;           /* points/ already locked by the caller */
@@ -890,7 +892,8 @@ struct repo_writer {
   bool failed;
   char err[512];
   uint64_t data_end;            /* next offset in data */
-  gnutls_hash_hd_t data_hash;
+  uint64_t alloc_end;           /* data allocated up to here (fallocate) */
+  bool no_alloc;                /* fallocate is not supported */
   uint8_t *spill;               /* buffered index records */
   size_t spill_len;
   uint64_t nrecords;
@@ -945,12 +948,11 @@ static void
 writer_free (struct repo_writer *w, bool remove)
 {
   if (w->datafd >= 0) close (w->datafd);
+  if (w->directfd >= 0) close (w->directfd);
   if (w->spillfd >= 0) close (w->spillfd);
   if (w->dirfd >= 0) close (w->dirfd);
   if (remove && w->tmpname[0])
     remove_flat_dir (w->r->pointsfd, w->tmpname);
-  if (w->data_hash)
-    gnutls_hash_deinit (w->data_hash, NULL);
   pool_destroy (&w->pool);
   pthread_mutex_destroy (&w->lock);
   free (w->spill);
@@ -966,7 +968,7 @@ writer_start (struct repo *r, const struct manifest *m, char *err,
               size_t errlen)
 {
   struct repo_writer *w;
-  uint8_t hdr[DATA_HDR];
+  uint8_t hdr[DATA_HDR] = { 0 };      /* zero after the first 16 bytes */
 
   w = calloc (1, sizeof *w);
   if (w == NULL) {
@@ -976,18 +978,13 @@ writer_start (struct repo *r, const struct manifest *m, char *err,
   w->r = r;
   w->m = *m;
   w->m.block_size = r->block_size;
-  w->dirfd = w->datafd = w->spillfd = -1;
+  w->dirfd = w->datafd = w->spillfd = w->directfd = -1;
   w->nblocks = blocks_of (m->disk_size, r->block_size);
   pthread_mutex_init (&w->lock, NULL);
   pool_init (&w->pool, r->block_size);
   w->spill = malloc (IOBUF);
   if (w->spill == NULL) {
     seterr (err, errlen, "out of memory");
-    goto fail;
-  }
-  if (gnutls_hash_init (&w->data_hash, GNUTLS_DIG_SHA256) < 0) {
-    w->data_hash = NULL;
-    seterr (err, errlen, "cannot initialize SHA-256 (gnutls)");
     goto fail;
   }
   snprintf (w->tmpname, sizeof w->tmpname, ".tmp-%s-%ld", m->name,
@@ -1016,8 +1013,11 @@ writer_start (struct repo *r, const struct manifest *m, char *err,
   put_le32 (hdr + 12, r->block_size);
   if (write_full (w->datafd, hdr, DATA_HDR) == -1)
     goto ioerr;
-  gnutls_hash (w->data_hash, hdr, DATA_HDR);
   w->data_end = DATA_HDR;
+  /* A second descriptor for direct writes (see writer_store); file
+   * systems without O_DIRECT refuse it here or on the first write.
+   */
+  w->directfd = openat (w->dirfd, "data", O_WRONLY|O_DIRECT|O_CLOEXEC);
   return w;
 
  ioerr:
@@ -1082,42 +1082,88 @@ repo_writer_begin (struct repo *r, const char *name, const char *parent,
   return writer_start (r, &m, err, errlen);
 }
 
-/* Append one record (under the lock).  stored may be NULL for a zero. */
+/* One record for writer_append. */
+struct rec {
+  uint64_t block;
+  int kind;
+  uint32_t slen;                /* stored length, 0 for a zero */
+  uint8_t sha[SHA256_LEN];
+};
+
+/* Write the stored bytes of records into [off, off + len) of the data
+ * file.  Page-aligned writes from page-aligned memory bypass the page
+ * cache (O_DIRECT): the bytes go from the caller's buffer to the disk,
+ * with no copy and no dirty pages to write back later, which is most of
+ * what a backup costs besides reading and hashing.  Anything else, or a
+ * file system without O_DIRECT, is written through the page cache.
+ * Either way the commit's fsync makes the data durable.
+ */
+#define DIRECT_ALIGN 4096
+#define PREALLOC (64u << 20)
+
 static int
-writer_append (struct repo_writer *w, uint64_t block, int kind,
-               const void *stored, uint32_t slen,
-               const uint8_t sha[SHA256_LEN])
+writer_store (struct repo_writer *w, uint64_t off, const void *buf,
+              uint64_t len)
 {
-  uint8_t *e;
-  uint64_t off = 0;
+  int fd = w->datafd;
+  uint64_t done;
+
+  if (w->directfd >= 0 && !__atomic_load_n (&w->no_direct, __ATOMIC_RELAXED) &&
+      off % DIRECT_ALIGN == 0 && len % DIRECT_ALIGN == 0 &&
+      (uintptr_t) buf % DIRECT_ALIGN == 0)
+    fd = w->directfd;
+  for (done = 0; done < len; ) {
+    ssize_t n = pwrite (fd, (const char *) buf + done, len - done,
+                        off + done);
+    if (n > 0) {
+      done += n;
+      continue;
+    }
+    if (n == -1 && errno == EINTR)
+      continue;
+    if (n == -1 && errno == EINVAL && fd != w->datafd) {
+      /* The file system refuses direct I/O after all: page cache. */
+      __atomic_store_n (&w->no_direct, true, __ATOMIC_RELAXED);
+      fd = w->datafd;
+      continue;
+    }
+    if (n == 0)
+      errno = ENOSPC;
+    {
+      int saved = errno;
+      writer_fail (w, "cannot write %s/points/%s/data: %s", w->r->dir,
+                   w->tmpname, strerror (saved));
+    }
+    errno = EIO;
+    return -1;
+  }
+  if (fd == w->datafd)
+    writeback_after_write (fd, off, len);
+  return 0;
+}
+
+/* Append n records whose stored bytes lie back to back in stored (NULL
+ * if they are all zeroes).  Their places in the data file and their
+ * index entries are taken under the lock; the bytes are written outside
+ * it, so the threads of a backup write in parallel.  If the write fails
+ * the writer is failed, so a range never written is never committed.
+ */
+static int
+writer_append (struct repo_writer *w, const struct rec *recs, size_t n,
+               const void *stored)
+{
+  uint64_t off0, total = 0;
+  size_t i;
 
   pthread_mutex_lock (&w->lock);
   if (w->failed)
     goto fail;
-  if (slen > 0) {
-    off = w->data_end;
-    if (write_full (w->datafd, stored, slen) == -1) {
-      snprintf (w->err, sizeof w->err, "cannot write %s/points/%s/data: %m",
-                w->r->dir, w->tmpname);
-      w->failed = true;
-      goto fail;
-    }
-    gnutls_hash (w->data_hash, stored, slen);
-    w->data_end += slen;
-  }
-  if (w->spill_len + ENTRY_SIZE > IOBUF) {
-    if (write_full (w->spillfd, w->spill, w->spill_len) == -1) {
-      snprintf (w->err, sizeof w->err,
-                "cannot write %s/points/%s/index.unsorted: %m",
-                w->r->dir, w->tmpname);
-      w->failed = true;
-      goto fail;
-    }
-    w->spill_len = 0;
-  }
-  if (w->npairs == w->cappairs) {
+  if (w->npairs + n > w->cappairs) {
     size_t ncap = w->cappairs ? 2 * w->cappairs : 1024;
-    struct pair *np = realloc (w->pairs, ncap * sizeof *np);
+    struct pair *np;
+    while (ncap < w->npairs + n)
+      ncap *= 2;
+    np = realloc (w->pairs, ncap * sizeof *np);
     if (np == NULL) {
       snprintf (w->err, sizeof w->err, "out of memory");
       w->failed = true;
@@ -1126,21 +1172,49 @@ writer_append (struct repo_writer *w, uint64_t block, int kind,
     w->pairs = np;
     w->cappairs = ncap;
   }
-  e = w->spill + w->spill_len;
-  put_le64 (e, block);
-  e[8] = kind;
-  put_le32 (e + 9, slen);
-  put_le64 (e + 13, off);
-  if (sha)
-    memcpy (e + 21, sha, SHA256_LEN);
-  else
-    memset (e + 21, 0, SHA256_LEN);
-  w->spill_len += ENTRY_SIZE;
-  w->pairs[w->npairs].block = block;
-  w->pairs[w->npairs].rec = w->nrecords++;
-  w->npairs++;
+  off0 = w->data_end;
+  for (i = 0; i < n; ++i) {
+    uint8_t *e;
+    if (w->spill_len + ENTRY_SIZE > IOBUF) {
+      if (write_full (w->spillfd, w->spill, w->spill_len) == -1) {
+        snprintf (w->err, sizeof w->err,
+                  "cannot write %s/points/%s/index.unsorted: %m",
+                  w->r->dir, w->tmpname);
+        w->failed = true;
+        goto fail;
+      }
+      w->spill_len = 0;
+    }
+    e = w->spill + w->spill_len;
+    put_le64 (e, recs[i].block);
+    e[8] = recs[i].kind;
+    put_le32 (e + 9, recs[i].slen);
+    put_le64 (e + 13, recs[i].slen ? off0 + total : 0);
+    if (recs[i].kind == KIND_DATA)
+      memcpy (e + 21, recs[i].sha, SHA256_LEN);
+    else
+      memset (e + 21, 0, SHA256_LEN);
+    w->spill_len += ENTRY_SIZE;
+    w->pairs[w->npairs].block = recs[i].block;
+    w->pairs[w->npairs].rec = w->nrecords++;
+    w->npairs++;
+    total += recs[i].slen;
+  }
+  w->data_end += total;
+  /* Allocate the file ahead of the writes: ext4 (and others) serialize
+   * direct writes that extend a file or fill holes, but not those into
+   * allocated space.  The commit cuts the file back to data_end.
+   */
+  if (w->data_end > w->alloc_end && !w->no_alloc) {
+    uint64_t to = (w->data_end + PREALLOC) / PREALLOC * PREALLOC;
+    if (fallocate (w->datafd, 0, w->alloc_end, to - w->alloc_end) == 0)
+      w->alloc_end = to;
+    else
+      w->no_alloc = true;
+  }
   pthread_mutex_unlock (&w->lock);
-  return 0;
+
+  return total ? writer_store (w, off0, stored, total) : 0;
 
  fail:
   pthread_mutex_unlock (&w->lock);
@@ -1148,36 +1222,51 @@ writer_append (struct repo_writer *w, uint64_t block, int kind,
   return -1;
 }
 
+/* Are len bytes from block on whole blocks of the disk (the last one
+ * short only at the end of the disk)?  At most max_len bytes.
+ */
+static int
+check_put (struct repo_writer *w, uint64_t block, size_t len, size_t max_len)
+{
+  uint32_t bs = w->r->block_size;
+  uint64_t avail;
+
+  if (block < w->nblocks) {
+    avail = w->m.disk_size - block * bs;
+    if (len > 0 && len <= max_len && len <= avail &&
+        (len == avail || len % bs == 0))
+      return 0;
+  }
+  writer_fail (w, "block %" PRIu64 " of %zu bytes is outside the disk "
+               "(%" PRIu64 " bytes, block size %" PRIu32 ")", block, len,
+               w->m.disk_size, bs);
+  errno = EINVAL;
+  return -1;
+}
+
 int
 repo_writer_put_data (struct repo_writer *w, uint64_t block, const void *buf,
                       size_t len)
 {
-  uint8_t sha[SHA256_LEN];
-  struct scratch *s;
+  struct rec rec = { .block = block, .kind = KIND_DATA, .slen = len };
+  struct scratch *s = NULL;
   const void *stored = buf;
-  size_t slen = len;
   int ret;
 
-  if (block >= w->nblocks || len != block_len (w->m.disk_size,
-                                              w->r->block_size, block)) {
-    writer_fail (w, "block %" PRIu64 " of %zu bytes is outside the disk "
-                 "(%" PRIu64 " bytes, block size %" PRIu32 ")", block, len,
-                 w->m.disk_size, w->r->block_size);
-    errno = EINVAL;
+  if (check_put (w, block, len, w->r->block_size) == -1)
     return -1;
-  }
-  if (sha256_buf (buf, len, sha) == -1) {
+  if (sha256_buf (buf, len, rec.sha) == -1) {
     writer_fail (w, "SHA-256 failed (gnutls)");
-    return -1;
-  }
-  s = pool_get (&w->pool);
-  if (s == NULL) {
-    writer_fail (w, "out of memory");
-    errno = ENOMEM;
     return -1;
   }
   if (w->m.compressed) {
     size_t c;
+    s = pool_get (&w->pool);
+    if (s == NULL) {
+      writer_fail (w, "out of memory");
+      errno = ENOMEM;
+      return -1;
+    }
     if (s->cctx == NULL)
       s->cctx = ZSTD_createCCtx ();
     if (s->cctx != NULL) {
@@ -1185,12 +1274,57 @@ repo_writer_put_data (struct repo_writer *w, uint64_t block, const void *buf,
                              ZSTD_LEVEL);
       if (!ZSTD_isError (c) && c < len) {
         stored = s->a;
-        slen = c;
+        rec.slen = c;
       }
     }
   }
-  ret = writer_append (w, block, KIND_DATA, stored, slen, sha);
-  pool_put (&w->pool, s);
+  ret = writer_append (w, &rec, 1, stored);
+  if (s)
+    pool_put (&w->pool, s);
+  return ret;
+}
+
+int
+repo_writer_put_data_run (struct repo_writer *w, uint64_t block,
+                          const void *buf, size_t len)
+{
+  uint32_t bs = w->r->block_size;
+  size_t n = len / bs + (len % bs != 0), i;
+  struct rec stack[16], *recs = stack;
+  int ret;
+
+  if (check_put (w, block, len, SIZE_MAX) == -1)
+    return -1;
+  if (w->m.compressed || n == 1) {
+    for (i = 0; i < n; ++i) {
+      size_t l = len - i * bs < bs ? len - i * bs : bs;
+      if (repo_writer_put_data (w, block + i, (const char *) buf + i * bs,
+                                l) == -1)
+        return -1;
+    }
+    return 0;
+  }
+  if (n > sizeof stack / sizeof stack[0] &&
+      (recs = malloc (n * sizeof *recs)) == NULL) {
+    writer_fail (w, "out of memory");
+    errno = ENOMEM;
+    return -1;
+  }
+  for (i = 0; i < n; ++i) {
+    recs[i].block = block + i;
+    recs[i].kind = KIND_DATA;
+    recs[i].slen = len - i * bs < bs ? len - i * bs : bs;
+    if (sha256_buf ((const char *) buf + i * bs, recs[i].slen,
+                    recs[i].sha) == -1) {
+      writer_fail (w, "SHA-256 failed (gnutls)");
+      ret = -1;
+      goto out;
+    }
+  }
+  ret = writer_append (w, recs, n, buf);
+ out:
+  if (recs != stack)
+    free (recs);
   return ret;
 }
 
@@ -1203,7 +1337,8 @@ repo_writer_put_zero (struct repo_writer *w, uint64_t block)
     errno = EINVAL;
     return -1;
   }
-  return writer_append (w, block, KIND_ZERO, NULL, 0, NULL);
+  struct rec rec = { .block = block, .kind = KIND_ZERO };
+  return writer_append (w, &rec, 1, NULL);
 }
 
 static int
@@ -1345,11 +1480,12 @@ repo_writer_commit (struct repo_writer *w, char *err, size_t errlen)
   close (w->spillfd);
   w->spillfd = -1;
   unlinkat (w->dirfd, "index.unsorted", 0);
+  step = "cut the data file to its size";
+  if (w->alloc_end > w->data_end && ftruncate (w->datafd, w->data_end) == -1)
+    goto ioerr;
   step = "sync the data";
   if (fsync (w->datafd) == -1)
     goto ioerr;
-  gnutls_hash_deinit (w->data_hash, w->m.data_sha);
-  w->data_hash = NULL;
   w->m.data_size = w->data_end;
 
   if (!w->caller_locked) {
@@ -1480,6 +1616,17 @@ member_unload (struct member *mb)
   mb->datafd = -1;
 }
 
+static bool
+header_padding_zero (const uint8_t *hdr)
+{
+  size_t i;
+
+  for (i = 16; i < DATA_HDR; ++i)
+    if (hdr[i] != 0)
+      return false;
+  return true;
+}
+
 /* Open and check a point's index and data file (not the block data).
  * Checks the structure of every entry.
  */
@@ -1593,7 +1740,8 @@ member_load (struct repo *r, const char *name, struct member *mb,
   if (pread_full (mb->datafd, hdr, DATA_HDR, 0) == -1 ||
       memcmp (hdr, DATA_MAGIC, 8) != 0 ||
       get_le32 (hdr + 8) != DATA_VERSION ||
-      get_le32 (hdr + 12) != r->block_size) {
+      get_le32 (hdr + 12) != r->block_size ||
+      !header_padding_zero (hdr)) {
     seterr (err, errlen, "restore point %s is damaged: %s/points/%s has no "
             "valid NBDSNAPD header", name, r->dir, path);
     errno = EIO;
@@ -1944,10 +2092,7 @@ verify_point (struct repo *r, const char *name, struct vctx *v)
   char err[1024];
   struct scratch *s;
   struct pool pool;
-  uint64_t i, left;
-  uint8_t sha[SHA256_LEN], *buf;
-  gnutls_hash_hd_t h;
-  int bad = 0;
+  uint64_t i;
 
   if (member_load (r, name, &mb, err, sizeof err) == -1) {
     vreport (v, "%s", err);
@@ -1955,8 +2100,7 @@ verify_point (struct repo *r, const char *name, struct vctx *v)
   }
   pool_init (&pool, r->block_size);
   s = pool_get (&pool);
-  buf = malloc (IOBUF);
-  if (s == NULL || buf == NULL) {
+  if (s == NULL) {
     vreport (v, "out of memory verifying %s", name);
     goto out;
   }
@@ -1966,38 +2110,13 @@ verify_point (struct repo *r, const char *name, struct vctx *v)
     if (e[8] != KIND_DATA)
       continue;
     if (member_read_entry (r, &mb, e, s, s->b, &lo, NULL, err,
-                           sizeof err) == -1) {
+                           sizeof err) == -1)
       vreport (v, "%s", err);
-      bad++;
-    }
   }
-  /* The whole data file against the manifest's data-sha256. */
-  if (gnutls_hash_init (&h, GNUTLS_DIG_SHA256) < 0) {
-    vreport (v, "cannot initialize SHA-256");
-    goto out;
-  }
-  for (i = 0, left = mb.m.data_size; left > 0; ) {
-    size_t n = left < IOBUF ? left : IOBUF;
-    if (pread_full (mb.datafd, buf, n, i) == -1) {
-      vreport (v, "restore point %s: cannot read %s/points/%s/data: %m",
-               name, r->dir, name);
-      gnutls_hash_deinit (h, NULL);
-      goto out;
-    }
-    gnutls_hash (h, buf, n);
-    i += n;
-    left -= n;
-  }
-  gnutls_hash_deinit (h, sha);
-  if (memcmp (sha, mb.m.data_sha, SHA256_LEN) != 0 && bad == 0)
-    vreport (v, "restore point %s is damaged: %s/points/%s/data does not "
-             "match data-sha256 of its manifest (outside any block's "
-             "checked bytes)", name, r->dir, name);
  out:
   if (s)
     pool_put (&pool, s);
   pool_destroy (&pool);
-  free (buf);
   member_unload (&mb);
 }
 
@@ -2272,11 +2391,12 @@ static int
 merge_copy (struct repo_writer *w, const struct member *mb, const uint8_t *e,
             struct scratch *s, char *err, size_t errlen)
 {
-  uint32_t slen = get_le32 (e + 9);
-  uint64_t b = get_le64 (e), off = get_le64 (e + 13);
+  uint64_t off = get_le64 (e + 13);
+  struct rec rec = { .block = get_le64 (e), .kind = e[8],
+                     .slen = get_le32 (e + 9) };
 
   if (e[8] == KIND_ZERO)
-    return writer_append (w, b, KIND_ZERO, NULL, 0, NULL);
+    return writer_append (w, &rec, 1, NULL);
   /* Check the block before copying it: never propagate damage. */
   {
     uint32_t lo;
@@ -2284,12 +2404,13 @@ merge_copy (struct repo_writer *w, const struct member *mb, const uint8_t *e,
                            errlen) == -1)
       return -1;
   }
-  if (pread_full (mb->datafd, s->a, slen, off) == -1) {
+  if (pread_full (mb->datafd, s->a, rec.slen, off) == -1) {
     seterr (err, errlen, "cannot read %s/points/%s/data: %m", w->r->dir,
             mb->m.name);
     return -1;
   }
-  if (writer_append (w, b, KIND_DATA, s->a, slen, e + 21) == -1) {
+  memcpy (rec.sha, e + 21, SHA256_LEN);
+  if (writer_append (w, &rec, 1, s->a) == -1) {
     seterr (err, errlen, "%s", w->err);
     return -1;
   }
@@ -2394,7 +2515,7 @@ repo_merge (struct repo *r, const char *point, char *err, size_t errlen)
       ci++;
     }
     else if (b * bs >= p.m.disk_size) { /* beyond the parent's disk */
-      if (!m.full && writer_append (w, b, KIND_ZERO, NULL, 0, NULL) == -1)
+      if (!m.full && repo_writer_put_zero (w, b) == -1)
         goto werr;
     }
     else if (pb == b && (pe[8] == KIND_ZERO ||

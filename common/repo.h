@@ -66,6 +66,13 @@ struct repo_writer *repo_writer_begin (struct repo *r, const char *name,
 int repo_writer_put_data (struct repo_writer *w, uint64_t block,
                           const void *buf /* block_size bytes, short for the last block */,
                           size_t len);
+/* Store the data blocks [block, block + n) read into buf, len bytes (n
+ * whole blocks, the last one short only at the end of the disk): the
+ * same as repo_writer_put_data for each, in one write to the repository
+ * (without O_DIRECT's page cache bypass unless buf is page-aligned).
+ */
+int repo_writer_put_data_run (struct repo_writer *w, uint64_t block,
+                              const void *buf, size_t len);
 /* Record that block reads as zeroes at this point. */
 int repo_writer_put_zero (struct repo_writer *w, uint64_t block);
 /* fsync, rename: the point exists after this.  Frees w (also on error,

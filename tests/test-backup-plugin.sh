@@ -175,7 +175,7 @@ captive check_unaligned "$P" repo="$R" point=i2
 
 # ------------------------------------------------------------ damage: data
 # Flip one byte of the first stored block of f1's data file (found through
-# the index: the entry whose offset is the first after the header).
+# the index: the entry whose offset is the first after the 4 KiB header).
 cp -a "$R" "$tmpdir/bad"
 read -r badblock < <($PYTHON - "$tmpdir/bad/points/f1" <<'EOF'
 import struct, sys
@@ -184,7 +184,7 @@ idx = open(d + "/index", "rb").read()
 count = struct.unpack_from("<Q", idx, 16)[0]
 for i in range(count):
     block, kind, slen, off = struct.unpack_from("<QBIQ", idx, 32 + 53 * i)
-    if kind == 1 and off == 16:
+    if kind == 1 and off == 4096:
         with open(d + "/data", "r+b") as f:
             f.seek(off + min(slen - 1, 100))
             c = f.read(1)
@@ -193,7 +193,7 @@ for i in range(count):
         print(block)
         break
 else:
-    sys.exit("no stored block at offset 16")
+    sys.exit("no stored block at offset 4096")
 EOF
 )
 [ -n "$badblock" ] || fail "could not damage the data file"

@@ -113,6 +113,28 @@ truncate -s -10 "$repo/points/B3/data"
 [ "$(status "$NBDSNAP" verify "$repo")" = 1 ] || fail "truncated data: verify should exit 1"
 grep -q 'B3' "$tmpdir/out" || fail "truncated data: B3 not named"
 
+# ---- a non-zero byte in the data header's reserved page
+rm -rf "$repo"; cp -a "$tmpdir/pristine" "$repo"
+printf 'X' | dd of="$repo/points/B1/data" bs=1 seek=2000 conv=notrunc status=none
+[ "$(status "$NBDSNAP" verify "$repo" B1)" = 1 ] || fail "data header: verify should exit 1"
+grep -q 'points/B1/data has no valid NBDSNAPD header' "$tmpdir/out" ||
+    fail "data header: the damage is not named"
+
+# ---- a manifest of another format version (its own checksum correct):
+# refused as such, not as damage.
+rm -rf "$repo"; cp -a "$tmpdir/pristine" "$repo"
+$PYTHON - "$repo/points/B2/manifest" <<'PY'
+import hashlib, sys
+p = sys.argv[1]
+body = open(p).read().rsplit("sha256 ", 1)[0].replace("version 2\n", "version 1\n", 1)
+open(p, "w").write(body + "sha256 " + hashlib.sha256(body.encode()).hexdigest() + "\n")
+PY
+[ "$(status "$NBDSNAP" restore "$repo" B2 -o "$tmpdir/x.img")" = 1 ] ||
+    fail "old manifest version: restore should exit 1"
+grep -q 'points/B2/manifest has format version 1; this nbdsnap reads version 2' "$tmpdir/err" ||
+    fail "old manifest version: not named as a version mismatch"
+[ -e "$tmpdir/x.img" ] && fail "restore of an old format version created its output"
+
 # The pristine copy is still good (the tool never writes when verifying).
 before=$(dirsum "$tmpdir/pristine")
 "$NBDSNAP" verify "$tmpdir/pristine" >/dev/null || fail "the pristine copy does not verify"

@@ -37,7 +37,7 @@
 
 #define DEFAULT_CONNECTIONS 4
 #define MAX_CONNECTIONS 64
-#define CHUNK_BYTES (4u << 20)          /* bytes per read request (max) */
+#define CHUNK_BYTES (1u << 20)          /* bytes per read request (max) */
 
 enum { KIND_NONE, KIND_ZERO, KIND_DATA };
 
@@ -243,26 +243,42 @@ struct worker {
   pthread_t thread;
 };
 
-/* Store the blocks of one chunk that was read into buf. */
+/* Store the blocks of one chunk that was read into buf: each run of
+ * data blocks in one call (one write to the repository), zero blocks
+ * as zero entries.
+ */
 static int
 store_chunk (struct backup *b, const struct run *c, const unsigned char *buf,
              uint64_t len)
 {
-  uint64_t k;
+  uint64_t k, run = 0;          /* data blocks pending before block k */
 
-  for (k = 0; k < c->n; ++k) {
+  for (k = 0; k <= c->n; ++k) {
     const unsigned char *p = buf + k * b->bs;
-    uint64_t blen = len - k * b->bs < b->bs ? len - k * b->bs : b->bs;
-    int r;
+    uint64_t blen = k == c->n ? 0
+      : len - k * b->bs < b->bs ? len - k * b->bs : b->bs;
+    bool zero = k < c->n && is_zero (p, blen);
+    int r = 0;
 
-    if (is_zero (p, blen)) {
+    if (k < c->n && !zero) {
+      run++;
+      continue;
+    }
+    if (run > 0) {              /* flush the pending data blocks */
+      uint64_t first = k - run;
+      r = repo_writer_put_data_run (b->w, c->block + first,
+                                    buf + first * b->bs,
+                                    (k == c->n ? len : k * b->bs)
+                                    - first * b->bs);
+      __atomic_fetch_add (&b->data_blocks, run, __ATOMIC_RELAXED);
+      if (r == -1)
+        k = first;              /* for the message */
+      run = 0;
+    }
+    if (r == 0 && zero) {
       /* A full backup needs no entry for a zero block. */
       r = b->incremental ? repo_writer_put_zero (b->w, c->block + k) : 0;
       __atomic_fetch_add (&b->zero_blocks, 1, __ATOMIC_RELAXED);
-    }
-    else {
-      r = repo_writer_put_data (b->w, c->block + k, p, blen);
-      __atomic_fetch_add (&b->data_blocks, 1, __ATOMIC_RELAXED);
     }
     if (r == -1) {
       const char *e = repo_writer_error (b->w);
@@ -281,7 +297,7 @@ store_chunk (struct backup *b, const struct run *c, const unsigned char *buf,
  * the server is already reading the next ones.  This matters most for
  * incremental backups, whose changed blocks are many small reads.
  */
-#define QUEUE 4
+#define QUEUE 8
 
 struct slot {
   unsigned char *buf;
@@ -312,8 +328,10 @@ worker_run (void *arg)
       return NULL;
     }
   }
+  /* Page-aligned: the repository can then write them with O_DIRECT. */
   for (i = 0; i < QUEUE; ++i)
-    if ((slot[i].buf = malloc (per * b->bs)) == NULL) {
+    if (posix_memalign ((void **) &slot[i].buf, 4096, per * b->bs) != 0) {
+      slot[i].buf = NULL;
       set_fail (b, "out of memory");
       goto out;
     }

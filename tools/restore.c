@@ -32,6 +32,7 @@
 
 #include "nbdsnap.h"
 #include "repo.h"
+#include "writeback.h"
 
 #define DEFAULT_THREADS 4
 #define CHUNK_BYTES (4u << 20)
@@ -137,10 +138,10 @@ write_data (struct restore *R, struct nbd_handle *h, const void *buf,
     done += w;
   }
   pthread_mutex_unlock (&R->wlock);
-  /* Start writeback now (as nbdcopy does): dirty pages do not pile up,
-   * and the final fsync has little left to do.
+  /* Write back as we go and keep the page cache small (as nbdcopy
+   * does): the final fsync has little left to do.
    */
-  sync_file_range (R->fd, off, len, SYNC_FILE_RANGE_WRITE);
+  writeback_after_write (R->fd, off, len);
   return 0;
 }
 
