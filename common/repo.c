@@ -1099,6 +1099,7 @@ struct rec {
  * Either way the commit's fsync makes the data durable.
  */
 #define DIRECT_ALIGN 4096
+#define DIRECT_MIN (256u << 10)
 #define PREALLOC (64u << 20)
 
 static int
@@ -1109,6 +1110,7 @@ writer_store (struct repo_writer *w, uint64_t off, const void *buf,
   uint64_t done;
 
   if (w->directfd >= 0 && !__atomic_load_n (&w->no_direct, __ATOMIC_RELAXED) &&
+      len >= DIRECT_MIN &&
       off % DIRECT_ALIGN == 0 && len % DIRECT_ALIGN == 0 &&
       (uintptr_t) buf % DIRECT_ALIGN == 0)
     fd = w->directfd;
