@@ -291,7 +291,14 @@ nothing_held srv
 # ----------------------------------- the frozen point is aborted
 echo "== frozen point aborted by the server (freeze-max-size)"
 stop_server srv
-start_server small --filter=delay --filter="$FREEZE_FILTER" \
+# One worker thread per connection: nbdkit 1.32 itself can abort
+# (raw_send_socket: Assertion 'sock >= 0') when a client vanishes while
+# several of its requests are being answered: one reply fails with EPIPE,
+# the server closes the socket, another thread then sends on it.  The
+# delay filter makes that likely here (every sleeping request wakes at
+# once when the tool is killed below); what is tested is the tool and
+# the filters, not that race.  See docs/nbdkit-1.32.md.
+start_server small --threads=1 --filter=delay --filter="$FREEZE_FILTER" \
     --filter="$CBT_FILTER" memory 16M freeze-dir="$tmpdir" \
     cbt-dir="$tmpdir/cbt3" freeze-max-size=256K delay-read=200ms
 fill small 4
