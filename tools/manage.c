@@ -57,44 +57,6 @@ do_command (const char *uri, const char *exportname, const char *filter,
   return EXIT_OK;
 }
 
-/* Parse "VERB URI [ARGS...]" with options --force (if allowed) and
- * --json.  Returns the number of positional arguments after VERB.
- */
-static int
-parse_args (int argc, char **argv, bool allow_force, bool *force,
-            char **pos, int maxpos)
-{
-  static const struct option long_opts[] = {
-    { "force", no_argument, NULL, 'f' },
-    { "json", no_argument, NULL, 'j' },
-    { "verbose", no_argument, NULL, 'v' },
-    { NULL, 0, NULL, 0 }
-  };
-  int c, n = 0;
-
-  optind = 0;
-  opterr = 0;
-  while ((c = getopt_long (argc, argv, "v", long_opts, NULL)) != -1) {
-    switch (c) {
-    case 'f':
-      if (!allow_force)
-        usage_error ("%s: unknown option --force", argv[0]);
-      *force = true;
-      break;
-    case 'j': opt_json = true; break;
-    case 'v': opt_verbose++; break;
-    default:
-      usage_error ("%s: unknown option '%s'", argv[0], argv[optind - 1]);
-    }
-  }
-  for (; optind < argc; optind++) {
-    if (n == maxpos)
-      usage_error ("%s: too many arguments ('%s')", argv[0], argv[optind]);
-    pos[n++] = argv[optind];
-  }
-  return n;
-}
-
 static void
 need_args (const char *verb, int n, int min, int max, const char *synopsis)
 {
@@ -187,6 +149,48 @@ show_map (const char *uri, const char *exportname, const char *what)
   return EXIT_OK;
 }
 
+/* "nbdsnap WHAT list URI": run the list command of filter; its JSON is
+ * printed as it is (--json) or by print.
+ */
+static int
+run_list (char **pos, int n, const char *synopsis, const char *exportname,
+          const char *filter, void (*print) (const char *))
+{
+  char *doc;
+  int r;
+
+  need_args ("list", n, 1, 1, synopsis);
+  check_uri (pos[0]);
+  if ((r = do_command (pos[0], exportname, filter, &doc)))
+    return r;
+  if (!opt_json)
+    print (doc);
+  free (doc);
+  return EXIT_OK;
+}
+
+/* "nbdsnap WHAT diff URI A [B]": the change map of export two/A/B or
+ * one/A.
+ */
+static int
+run_diff (char **pos, int n, const char *what, const char *synopsis,
+          const char *two, const char *one)
+{
+  char ex[256], title[32];
+
+  need_args ("diff", n, 2, 3, synopsis);
+  check_uri (pos[0]);
+  check_name (what, pos[1]);
+  if (n == 3) {
+    check_name (what, pos[2]);
+    snprintf (ex, sizeof ex, "%s/%s/%s", two, pos[1], pos[2]);
+  }
+  else
+    snprintf (ex, sizeof ex, "%s/%s", one, pos[1]);
+  snprintf (title, sizeof title, "%s diff", what);
+  return show_map (pos[0], ex, title);
+}
+
 /*------------------------------------------------------------ snapshot --*/
 
 static void
@@ -233,30 +237,14 @@ cmd_snapshot (int argc, char **argv)
     usage_error ("usage: nbdsnap snapshot create|list|revert|delete|diff "
                  "URI ...");
   verb = argv[1];
-  n = parse_args (argc - 1, argv + 1, strcmp (verb, "revert") == 0, &force,
-                  pos, 4);
-  if (strcmp (verb, "list") == 0) {
-    need_args (verb, n, 1, 1, "snapshot list URI");
-    check_uri (pos[0]);
-    if ((r = do_command (pos[0], "@snapshot:list", "snapshot", &doc)))
-      return r;
-    if (!opt_json)
-      print_snapshots (doc);
-    free (doc);
-    return EXIT_OK;
-  }
-  if (strcmp (verb, "diff") == 0) {
-    need_args (verb, n, 2, 3, "snapshot diff URI BASE [NAME]");
-    check_uri (pos[0]);
-    check_name ("snapshot", pos[1]);
-    if (n == 3) {
-      check_name ("snapshot", pos[2]);
-      snprintf (ex, sizeof ex, "@snapshot:diff/%s/%s", pos[1], pos[2]);
-    }
-    else
-      snprintf (ex, sizeof ex, "@snapshot:diff/%s", pos[1]);
-    return show_map (pos[0], ex, "snapshot diff");
-  }
+  n = parse_args (argc - 1, argv + 1,
+                  strcmp (verb, "revert") == 0 ? &force : NULL, NULL, pos, 4);
+  if (strcmp (verb, "list") == 0)
+    return run_list (pos, n, "snapshot list URI", "@snapshot:list",
+                     "snapshot", print_snapshots);
+  if (strcmp (verb, "diff") == 0)
+    return run_diff (pos, n, "snapshot", "snapshot diff URI BASE [NAME]",
+                     "@snapshot:diff", "@snapshot:diff");
   if (strcmp (verb, "create") && strcmp (verb, "revert") &&
       strcmp (verb, "delete"))
     usage_error ("snapshot: unknown action '%s' (create, list, revert, "
@@ -320,7 +308,6 @@ int
 cmd_checkpoint (int argc, char **argv)
 {
   char *pos[4], ex[256];
-  bool force = false;
   const char *verb;
   char *doc;
   int n, r;
@@ -328,29 +315,14 @@ cmd_checkpoint (int argc, char **argv)
   if (argc < 2)
     usage_error ("usage: nbdsnap checkpoint create|list|delete|diff URI ...");
   verb = argv[1];
-  n = parse_args (argc - 1, argv + 1, false, &force, pos, 4);
-  if (strcmp (verb, "list") == 0) {
-    need_args (verb, n, 1, 1, "checkpoint list URI");
-    check_uri (pos[0]);
-    if ((r = do_command (pos[0], "@cbt:list", "cbt", &doc)))
-      return r;
-    if (!opt_json)
-      print_checkpoints (doc);
-    free (doc);
-    return EXIT_OK;
-  }
-  if (strcmp (verb, "diff") == 0) {
-    need_args (verb, n, 2, 3, "checkpoint diff URI SINCE [UNTIL]");
-    check_uri (pos[0]);
-    check_name ("checkpoint", pos[1]);
-    if (n == 3) {
-      check_name ("checkpoint", pos[2]);
-      snprintf (ex, sizeof ex, "@cbt:diff/%s/%s", pos[1], pos[2]);
-    }
-    else
-      snprintf (ex, sizeof ex, "@cbt/%s", pos[1]);
-    return show_map (pos[0], ex, "checkpoint diff");
-  }
+  n = parse_args (argc - 1, argv + 1, NULL, NULL, pos, 4);
+  if (strcmp (verb, "list") == 0)
+    return run_list (pos, n, "checkpoint list URI", "@cbt:list", "cbt",
+                     print_checkpoints);
+  if (strcmp (verb, "diff") == 0)
+    return run_diff (pos, n, "checkpoint",
+                     "checkpoint diff URI SINCE [UNTIL]",
+                     "@cbt:diff", "@cbt");
   if (strcmp (verb, "create") && strcmp (verb, "delete"))
     usage_error ("checkpoint: unknown action '%s' (create, list, delete, "
                  "diff)", verb);
@@ -399,33 +371,32 @@ print_point (const char *p)
           aborted ? err : "");
 }
 
+static void
+print_points (const char *doc)
+{
+  const char *it = NULL, *p;
+
+  printf ("%-24s %-21s %-10s %10s\n", "NAME", "CREATED", "CHECKPOINT",
+          "SCRATCH");
+  while ((p = jnext (jget (doc, "points"), &it)) != NULL)
+    print_point (p);
+}
+
 int
 cmd_freeze (int argc, char **argv)
 {
   char *pos[4], ex[256];
-  bool force = false;
-  const char *verb, *it = NULL, *p;
+  const char *verb;
   char *doc;
   int n, r;
 
   if (argc < 2)
     usage_error ("usage: nbdsnap freeze begin|list|end URI ...");
   verb = argv[1];
-  n = parse_args (argc - 1, argv + 1, false, &force, pos, 4);
-  if (strcmp (verb, "list") == 0) {
-    need_args (verb, n, 1, 1, "freeze list URI");
-    check_uri (pos[0]);
-    if ((r = do_command (pos[0], "@freeze:list", "freeze", &doc)))
-      return r;
-    if (!opt_json) {
-      printf ("%-24s %-21s %-10s %10s\n", "NAME", "CREATED", "CHECKPOINT",
-              "SCRATCH");
-      while ((p = jnext (jget (doc, "points"), &it)) != NULL)
-        print_point (p);
-    }
-    free (doc);
-    return EXIT_OK;
-  }
+  n = parse_args (argc - 1, argv + 1, NULL, NULL, pos, 4);
+  if (strcmp (verb, "list") == 0)
+    return run_list (pos, n, "freeze list URI", "@freeze:list", "freeze",
+                     print_points);
   if (strcmp (verb, "begin") && strcmp (verb, "end"))
     usage_error ("freeze: unknown action '%s' (begin, list, end)", verb);
   if (n != 2)

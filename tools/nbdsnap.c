@@ -69,51 +69,13 @@ open_repo (const char *dir)
   return r;
 }
 
-/* Options of the repository subcommands: --json, -v, --block-size. */
-static int
-simple_args (int argc, char **argv, char **pos, int maxpos,
-             uint64_t *block_size)
-{
-  static const struct option long_opts[] = {
-    { "json", no_argument, NULL, 'j' },
-    { "verbose", no_argument, NULL, 'v' },
-    { "block-size", required_argument, NULL, 'b' },
-    { NULL, 0, NULL, 0 }
-  };
-  int c, n = 0;
-
-  optind = 0;
-  opterr = 0;
-  while ((c = getopt_long (argc, argv, "v", long_opts, NULL)) != -1) {
-    switch (c) {
-    case 'j': opt_json = true; break;
-    case 'v': opt_verbose++; break;
-    case 'b':
-      if (block_size == NULL)
-        usage_error ("%s: unknown option --block-size", argv[0]);
-      if (!parse_size (optarg, block_size) || *block_size == 0 ||
-          *block_size > UINT32_MAX)
-        usage_error ("%s: bad --block-size '%s'", argv[0], optarg);
-      break;
-    default:
-      usage_error ("%s: unknown option '%s'", argv[0], argv[optind - 1]);
-    }
-  }
-  for (; optind < argc; optind++) {
-    if (n == maxpos)
-      usage_error ("%s: too many arguments ('%s')", argv[0], argv[optind]);
-    pos[n++] = argv[optind];
-  }
-  return n;
-}
-
 int
 cmd_init (int argc, char **argv)
 {
   char *pos[1], err[ERRLEN];
   uint64_t bs = 0;
 
-  if (simple_args (argc, argv, pos, 1, &bs) != 1)
+  if (parse_args (argc, argv, NULL, &bs, pos, 1) != 1)
     usage_error ("usage: nbdsnap init REPO [--block-size N]");
   if (repo_init (pos[0], (uint32_t) bs, err, sizeof err) == -1)
     return fail (EXIT_FAILED, "%s", err);
@@ -138,7 +100,7 @@ cmd_list (int argc, char **argv)
   struct repo_point_info *v = NULL;
   size_t n = 0, i;
 
-  if (simple_args (argc, argv, pos, 1, NULL) != 1)
+  if (parse_args (argc, argv, NULL, NULL, pos, 1) != 1)
     usage_error ("usage: nbdsnap list REPO");
   if ((r = open_repo (pos[0])) == NULL)
     return EXIT_FAILED;
@@ -210,7 +172,7 @@ cmd_verify (int argc, char **argv)
   struct verify_out o = { 0 };
   int n, problems, cleaned;
 
-  n = simple_args (argc, argv, pos, 2, NULL);
+  n = parse_args (argc, argv, NULL, NULL, pos, 2);
   if (n < 1)
     usage_error ("usage: nbdsnap verify REPO [POINT]");
   if ((r = open_repo (pos[0])) == NULL)
@@ -257,7 +219,7 @@ point_op (int argc, char **argv,
   struct repo *r;
   int res;
 
-  if (simple_args (argc, argv, pos, 2, NULL) != 2)
+  if (parse_args (argc, argv, NULL, NULL, pos, 2) != 2)
     usage_error ("usage: nbdsnap %s REPO POINT", argv[0]);
   if ((r = open_repo (pos[0])) == NULL)
     return EXIT_FAILED;

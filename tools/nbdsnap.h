@@ -135,6 +135,13 @@ double now_seconds (void);
 bool is_zero (const void *buf, size_t len);
 
 /* ---- subcommands -------------------------------------------------------- */
+/* Parse the options of a subcommand (--json, -v, and --force or
+ * --block-size where force or block_size is not NULL) and its positional
+ * arguments into pos; usage error beyond maxpos.  Returns their number.
+ */
+int parse_args (int argc, char **argv, bool *force, uint64_t *block_size,
+                char **pos, int maxpos);
+
 int cmd_init (int argc, char **argv);
 int cmd_list (int argc, char **argv);
 int cmd_verify (int argc, char **argv);

@@ -5,6 +5,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -805,4 +806,48 @@ get_extents (struct nbd_handle *h, uint64_t size, struct extent **out,
   *out = c.v;
   *n = c.n;
   return 0;
+}
+
+/* Options of the repository and server management subcommands. */
+int
+parse_args (int argc, char **argv, bool *force, uint64_t *block_size,
+            char **pos, int maxpos)
+{
+  static const struct option long_opts[] = {
+    { "force", no_argument, NULL, 'f' },
+    { "json", no_argument, NULL, 'j' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "block-size", required_argument, NULL, 'b' },
+    { NULL, 0, NULL, 0 }
+  };
+  int c, n = 0;
+
+  optind = 0;
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, "v", long_opts, NULL)) != -1) {
+    switch (c) {
+    case 'f':
+      if (force == NULL)
+        usage_error ("%s: unknown option --force", argv[0]);
+      *force = true;
+      break;
+    case 'j': opt_json = true; break;
+    case 'v': opt_verbose++; break;
+    case 'b':
+      if (block_size == NULL)
+        usage_error ("%s: unknown option --block-size", argv[0]);
+      if (!parse_size (optarg, block_size) || *block_size == 0 ||
+          *block_size > UINT32_MAX)
+        usage_error ("%s: bad --block-size '%s'", argv[0], optarg);
+      break;
+    default:
+      usage_error ("%s: unknown option '%s'", argv[0], argv[optind - 1]);
+    }
+  }
+  for (; optind < argc; optind++) {
+    if (n == maxpos)
+      usage_error ("%s: too many arguments ('%s')", argv[0], argv[optind]);
+    pos[n++] = argv[optind];
+  }
+  return n;
 }
