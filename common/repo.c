@@ -502,6 +502,49 @@ unlock_points (struct repo *r)
   flock (r->pointsfd, LOCK_UN);
 }
 
+int
+repo_remove_empty (struct repo *r, bool remove_dir, char *err, size_t errlen)
+{
+  DIR *d;
+  struct dirent *de;
+  bool empty = true;
+  int ret = -1;
+
+  if (lock_points (r, err, errlen) == -1)
+    return -1;
+  d = fdopendir (dup (r->pointsfd));
+  if (d == NULL) {
+    seterr (err, errlen, "cannot read %s/points: %m", r->dir);
+    goto out;
+  }
+  while ((de = readdir (d)) != NULL)
+    if (strcmp (de->d_name, ".") && strcmp (de->d_name, ".."))
+      empty = false;
+  closedir (d);
+  if (!empty) {
+    seterr (err, errlen, "%s holds restore points", r->dir);
+    errno = ENOTEMPTY;
+    goto out;
+  }
+  /* Without its repository file the directory is no repository (an
+   * empty points/ left by a crash here is what repo_init accepts).
+   */
+  if (unlinkat (r->dirfd, "repository", 0) == -1 ||
+      fsync (r->dirfd) == -1 ||
+      unlinkat (r->dirfd, "points", AT_REMOVEDIR) == -1) {
+    seterr (err, errlen, "cannot remove the repository %s: %m", r->dir);
+    goto out;
+  }
+  if (remove_dir && rmdir (r->dir) == -1) {
+    seterr (err, errlen, "cannot remove %s: %m", r->dir);
+    goto out;
+  }
+  ret = 0;
+ out:
+  unlock_points (r);
+  return ret;
+}
+
 /* -------------------------------------------------------------- manifest */
 
 struct manifest {

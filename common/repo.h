@@ -127,6 +127,14 @@ int repo_point_get (struct repo *r, const char *point,
  */
 int repo_clean_tmp (struct repo *r, char *err, size_t errlen);
 
+/* Remove the repository r if it holds no point and no temporary point:
+ * its repository file and points/, and its directory too if remove_dir.
+ * (A first backup that failed removes the repository it created.)
+ * r must still be closed.  -1 with err set otherwise.
+ */
+int repo_remove_empty (struct repo *r, bool remove_dir, char *err,
+                       size_t errlen);
+
 /* The first error a put_* call met (NULL if none).  Valid until commit or
  * abort.
  */

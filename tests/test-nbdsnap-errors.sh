@@ -165,6 +165,11 @@ same_dir "$good" "$repo"
 nothing_held srv
 [ "$(checkpoints srv)" = "B1 B2 X1" ] ||
     fail "the backup deleted a checkpoint it did not make: $(checkpoints srv)"
+# The same into an empty directory: it is left empty, not a repository.
+mkdir "$tmpdir/empty"
+expect_exit 1 'refused to begin.*X1|X1.*exists' "$N" backup "$U" "$tmpdir/empty" --name X1
+[ -z "$(ls -A "$tmpdir/empty")" ] ||
+    fail "a failed first backup left files in an empty directory: $(ls -A "$tmpdir/empty")"
 "$N" checkpoint delete "$U" X1 >/dev/null
 
 echo "== damaged repository file"
@@ -318,8 +323,12 @@ grep -q "aborted frozen point 'A1'.*freeze-max-size" "$tmpdir/a1.out" ||
     fail "the message does not say that the server aborted the frozen point"
 nothing_held small
 [ -z "$(checkpoints small)" ] || fail "the failed backup left its checkpoint"
-[ -z "$(ls -A "$tmpdir/repo3/points" 2>/dev/null)" ] ||
-    fail "the failed first backup left a point: $(ls -A "$tmpdir/repo3/points")"
+# The first backup had created the repository (and its directory): both
+# are gone again.
+[ -e "$tmpdir/repo3" ] &&
+    fail "the failed first backup left its repository: $(ls -AR "$tmpdir/repo3")"
+grep -q "removed the repository .*repo3 this backup had created" "$tmpdir/a1.out" ||
+    fail "the tool does not say that it removed the repository it created"
 
 # ----------------------------------- kill -9 of the tool
 echo "== kill -9 of the tool"

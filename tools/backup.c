@@ -61,6 +61,8 @@ struct backup {
   uint64_t size;
   bool begun, checkpoint;
   bool need_init;
+  bool made_repo;               /* this run created the repository */
+  bool dir_was_missing;         /* ... and its directory */
   uint32_t init_bs;
   char view[256];
   struct nbd_handle *h0;
@@ -594,6 +596,7 @@ open_backup_repo (struct backup *b, int mode, uint32_t init_bs)
      * backup that cannot even start leaves nothing behind.
      */
     b->need_init = true;
+    b->dir_was_missing = access (b->repodir, F_OK) == -1;
     b->init_bs = init_bs;
     b->incremental = false;
     return EXIT_OK;
@@ -612,6 +615,7 @@ init_repo_now (struct backup *b)
     return fail (EXIT_FAILED, "%s", err);
   verbose ("initialized repository %s", b->repodir);
   b->need_init = false;
+  b->made_repo = true;
   return open_existing (b, -1);
 }
 
@@ -1023,6 +1027,15 @@ cmd_backup (int argc, char **argv)
   r = open_backup_repo (&b, mode, (uint32_t) init_bs);
   if (r == EXIT_OK)
     r = do_backup (&b);
+  if (r != EXIT_OK && b.made_repo && b.repo) {
+    /* The first backup failed: leave the directory as it was. */
+    char err[ERRLEN];
+    if (repo_remove_empty (b.repo, b.dir_was_missing, err, sizeof err) == 0)
+      msg ("removed the repository %s this backup had created",
+           b.repodir);
+    else
+      msg ("warning: %s", err);
+  }
   free (b.runs);
   if (b.repo)
     repo_close (b.repo);
