@@ -21,20 +21,15 @@
 
 #include "exportname.h"
 #include "command.h"
-#include "json.h"
+#include "filterhandle.h"
 #include "param.h"
 #include "policy.h"
 #include "tracker.h"
 
-enum kind { LIVE, VIEW, COMMAND, PASS };
-
 struct handle {
-  enum kind kind;
+  struct filter_handle fh;              /* first: see filterhandle.h */
   char since[NAME_MAX_LEN + 1];         /* VIEW */
   char until[NAME_MAX_LEN + 1];         /* VIEW: "" for now */
-  char *json;                           /* COMMAND */
-  size_t json_len;
-  char desc[160];
 };
 
 static struct tracker_config cfg = { .sync = CBT_SYNC_FLUSH };
@@ -45,11 +40,8 @@ static int
 cbt_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
             const char *key, const char *value)
 {
-  if (strcmp (key, "cbt-dir") == 0) {
-    free ((char *) cfg.dir);
-    cfg.dir = nbdkit_absolute_path (value);
-    return cfg.dir ? 0 : -1;
-  }
+  if (strcmp (key, "cbt-dir") == 0)
+    return param_path (value, &cfg.dir);
   if (strcmp (key, "cbt-granularity") == 0)
     return param_block_size (key, value, &cfg.granularity);
   if (strcmp (key, "cbt-sync") == 0) {
@@ -61,14 +53,8 @@ cbt_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     }
     return 0;
   }
-  if (strcmp (key, "cbt-commands") == 0) {
-    if (policy_parse (value, &policy) == -1) {
-      nbdkit_error ("cbt-commands=%s: expected none, any, unix, tls or "
-                    "unix,tls", value);
-      return -1;
-    }
-    return 0;
-  }
+  if (strcmp (key, "cbt-commands") == 0)
+    return param_policy (key, value, &policy);
   if (strcmp (key, "cbt-reset-on-shrink") == 0) {
     int r = nbdkit_parse_bool (value);
     if (r == -1)
@@ -82,12 +68,9 @@ cbt_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                   "dirty bitmaps never see");
     return -1;
   }
-  if (strncmp (key, "cbt-", 4) == 0) {
-    nbdkit_error ("unknown parameter '%s' (the cbt filter takes cbt-dir, "
-                  "cbt-granularity, cbt-sync, cbt-commands, "
-                  "cbt-reset-on-shrink)", key);
+  if (param_unknown (key, "cbt", "cbt-dir, cbt-granularity, cbt-sync, "
+                     "cbt-commands, cbt-reset-on-shrink"))
     return -1;
-  }
   return next (nxdata, key, value);
 }
 
@@ -117,12 +100,6 @@ cbt_unload (void)
 }
 
 static int
-cbt_thread_model (void)
-{
-  return NBDKIT_THREAD_MODEL_PARALLEL;
-}
-
-static int
 cbt_get_ready (int thread_model)
 {
   return tracker_start (&cfg, backend);
@@ -134,48 +111,30 @@ cbt_cleanup (nbdkit_backend *b)
   tracker_stop ();
 }
 
-static void
-add_view (const char *name, void *opaque)
-{
-  char buf[NAME_MAX_LEN + 16], desc[NAME_MAX_LEN + 64];
-
-  snprintf (buf, sizeof buf, "@cbt/%s", name);
-  snprintf (desc, sizeof desc, "changes since checkpoint %s", name);
-  nbdkit_add_export (opaque, buf, desc);
-}
-
 static int
 cbt_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
                   int readonly, int is_tls, struct nbdkit_exports *exports)
 {
-  if (next (nxdata, readonly, exports) == -1)
-    return -1;
-  tracker_foreach (add_view, exports);
-  return 0;
+  return fh_list_views (next, nxdata, readonly, exports, tracker_foreach,
+                        "cbt", "changes since checkpoint ", "");
 }
 
-static void
-run_command (struct handle *h, const struct export_name *en, int readonly,
-             int is_tls)
+/* Run a command (see fh_command). */
+static int
+perform (struct command *c, const struct export_name *en, void *opaque)
 {
-  struct command c = { .filter = "cbt", .verb = en->verb };
   const char *v = en->verb;
-  int r = -1;
 
-  if (command_allowed (&c, strcmp (v, "list") != 0, policy, readonly,
-                       is_tls) == -1)
-    ;
-  else if (strcmp (v, "list") == 0 && en->nargs == 0)
-    r = tracker_cmd_list (&c.body);
-  else if (strcmp (v, "create") == 0 && en->nargs == 1)
-    r = tracker_cmd_create (en->args[0], &c.body, &c.ename, c.why,
-                            sizeof c.why);
-  else if (strcmp (v, "delete") == 0 && en->nargs == 1)
-    r = tracker_cmd_delete (en->args[0], &c.body, &c.ename, c.why,
-                            sizeof c.why);
-  else
-    command_bad_args (&c, "nbdkit-cbt-filter(1)");
-  command_finish (&c, r, &h->json, &h->json_len);
+  if (strcmp (v, "list") == 0 && en->nargs == 0)
+    return tracker_cmd_list (&c->body);
+  if (strcmp (v, "create") == 0 && en->nargs == 1)
+    return tracker_cmd_create (en->args[0], &c->body, &c->ename, c->why,
+                               sizeof c->why);
+  if (strcmp (v, "delete") == 0 && en->nargs == 1)
+    return tracker_cmd_delete (en->args[0], &c->body, &c->ename, c->why,
+                               sizeof c->why);
+  command_bad_args (c, "nbdkit-cbt-filter(1)");
+  return -1;
 }
 
 static void *
@@ -203,7 +162,7 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     bool revert;
     int r;
 
-    h->kind = PASS;
+    h->fh.kind = PASS;
     /* A snapshot revert below changes blocks we never see written: mark
      * them, and let no checkpoint fall between the marking and the revert.
      */
@@ -230,7 +189,7 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   }
 
   case EXPORT_LIVE:
-    h->kind = LIVE;
+    h->fh.kind = LIVE;
     if (next (nxdata, readonly, exportname) == -1)
       goto err;
     return h;
@@ -254,12 +213,12 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
         nbdkit_error ("cbt: %s: %s", exportname, why);
         goto err;
       }
-      h->kind = VIEW;
+      h->fh.kind = VIEW;
       snprintf (h->since, sizeof h->since, "%s", since);
       snprintf (h->until, sizeof h->until, "%s", until ? until : "");
       if (next (nxdata, 1, "") == -1)
         goto err;
-      snprintf (h->desc, sizeof h->desc, "nbdsnap:cbt change map");
+      snprintf (h->fh.desc, sizeof h->fh.desc, "nbdsnap:cbt change map");
       return h;
     }
     if (strcmp (en.verb, "list") && strcmp (en.verb, "create") &&
@@ -268,13 +227,9 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
                     "delete, diff)", exportname, en.verb);
       goto err;
     }
-    h->kind = COMMAND;
-    run_command (h, &en, readonly, is_tls);
-    if (h->json == NULL) {
-      nbdkit_error ("cbt: out of memory");
+    if (fh_command (&h->fh, "cbt", policy, &en, readonly, is_tls, perform,
+                    NULL) == -1)
       goto err;
-    }
-    snprintf (h->desc, sizeof h->desc, "nbdsnap:cbt command %s", en.verb);
     return h;
   }
  err:
@@ -282,22 +237,14 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   return NULL;
 }
 
-static void
-cbt_close (void *handle)
-{
-  struct handle *h = handle;
-  free (h->json);
-  free (h);
-}
-
 static int
 cbt_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   struct handle *h = handle;
 
-  if (h->kind == PASS && command_check_below (next, "cbt") == -1)
+  if (h->fh.kind == PASS && command_check_below (next, "cbt") == -1)
     return -1;
-  if (h->kind == LIVE || h->kind == VIEW) {
+  if (h->fh.kind == LIVE || h->fh.kind == VIEW) {
     if (next->get_size (next) != (int64_t) tracker_disk_size ()) {
       nbdkit_error ("cbt: the disk below changed size while nbdkit runs");
       return -1;
@@ -308,76 +255,6 @@ cbt_prepare (nbdkit_next *next, void *handle, int readonly)
   return 0;
 }
 
-static int64_t
-cbt_get_size (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-  return h->kind == COMMAND ? (int64_t) h->json_len : next->get_size (next);
-}
-
-static const char *
-cbt_export_description (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-
-  if (h->kind == LIVE || h->kind == PASS)
-    return next->export_description (next);
-  return nbdkit_strdup_intern (h->desc);
-}
-
-static int
-cbt_block_size (nbdkit_next *next, void *handle,
-                uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
-{
-  struct handle *h = handle;
-
-  if (h->kind == COMMAND) {
-    *minimum = *preferred = *maximum = 0;
-    return 0;
-  }
-  return next->block_size (next, minimum, preferred, maximum);
-}
-
-/* Capabilities: LIVE and PASS are the disk below; VIEW is read-only. */
-#define PASSTHRU_OR(name, view_value, cmd_value)                        \
-  static int                                                            \
-  cbt_##name (nbdkit_next *next, void *handle)                          \
-  {                                                                     \
-    struct handle *h = handle;                                          \
-    if (h->kind == COMMAND) return (cmd_value);                         \
-    if (h->kind == VIEW) return (view_value);                           \
-    return next->name (next);                                           \
-  }
-PASSTHRU_OR (can_write, 0, 0)
-PASSTHRU_OR (can_flush, 0, 0)
-PASSTHRU_OR (is_rotational, next->is_rotational (next), 0)
-PASSTHRU_OR (can_trim, 0, 0)
-PASSTHRU_OR (can_zero, NBDKIT_ZERO_NONE, NBDKIT_ZERO_NONE)
-PASSTHRU_OR (can_fast_zero, 0, 0)
-PASSTHRU_OR (can_fua, NBDKIT_FUA_NONE, NBDKIT_FUA_NONE)
-PASSTHRU_OR (can_multi_conn, 1, 0)
-PASSTHRU_OR (can_cache, NBDKIT_CACHE_NONE, NBDKIT_CACHE_NONE)
-
-static int
-cbt_can_extents (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-  if (h->kind == COMMAND) return 0;
-  if (h->kind == VIEW) return 1;
-  return next->can_extents (next);
-}
-
-static int
-cbt_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
-           uint64_t offset, uint32_t flags, int *err)
-{
-  struct handle *h = handle;
-
-  if (h->kind == COMMAND)
-    return command_pread (h->json, h->json_len, buf, count, offset, err);
-  return next->pread (next, buf, count, offset, flags, err);
-}
-
 /* Writes of the live disk: mark, then pass down, inside the gate so a
  * checkpoint never splits a write.
  */
@@ -385,7 +262,7 @@ cbt_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
   do {                                                                  \
     struct handle *h = handle;                                          \
     int r;                                                              \
-    if (h->kind != LIVE && h->kind != PASS) {                           \
+    if (h->fh.kind != LIVE && h->fh.kind != PASS) {                     \
       *err = EROFS;                                                     \
       return -1;                                                        \
     }                                                                   \
@@ -423,7 +300,7 @@ cbt_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
   struct handle *h = handle;
 
-  if (h->kind != LIVE && h->kind != PASS)
+  if (h->fh.kind != LIVE && h->fh.kind != PASS)
     return 0;
   if (next->flush (next, flags, err) == -1)
     return -1;
@@ -437,22 +314,10 @@ cbt_extents (nbdkit_next *next, void *handle, uint32_t count,
 {
   struct handle *h = handle;
 
-  switch (h->kind) {
-  case COMMAND:
-    return nbdkit_add_extent (extents, offset, count, 0);
-  case VIEW:
+  if (h->fh.kind == VIEW)
     return tracker_extents (h->since, h->until[0] ? h->until : NULL, next,
                             count, offset, flags, extents, err);
-  default:
-    return next->extents (next, count, offset, flags, extents, err);
-  }
-}
-
-static int
-cbt_cache (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
-           uint32_t flags, int *err)
-{
-  return next->cache (next, count, offset, flags, err);
+  return fh_extents (next, handle, count, offset, flags, extents, err);
 }
 
 static struct nbdkit_filter filter = {
@@ -462,33 +327,20 @@ static struct nbdkit_filter filter = {
   .config             = cbt_config,
   .config_complete    = cbt_config_complete,
   .config_help        = cbt_config_help,
-  .thread_model       = cbt_thread_model,
+  .thread_model       = fh_thread_model,
   .get_ready          = cbt_get_ready,
   .cleanup            = cbt_cleanup,
   .list_exports       = cbt_list_exports,
   .open               = cbt_open,
-  .close              = cbt_close,
+  .close              = fh_close,
   .prepare            = cbt_prepare,
-  .get_size           = cbt_get_size,
-  .export_description = cbt_export_description,
-  .block_size         = cbt_block_size,
-  .can_write          = cbt_can_write,
-  .can_flush          = cbt_can_flush,
-  .is_rotational      = cbt_is_rotational,
-  .can_trim           = cbt_can_trim,
-  .can_zero           = cbt_can_zero,
-  .can_fast_zero      = cbt_can_fast_zero,
-  .can_extents        = cbt_can_extents,
-  .can_fua            = cbt_can_fua,
-  .can_multi_conn     = cbt_can_multi_conn,
-  .can_cache          = cbt_can_cache,
-  .pread              = cbt_pread,
+  FH_PASSTHRU_CALLBACKS,
+  .pread              = fh_pread,
   .pwrite             = cbt_pwrite,
   .zero               = cbt_zero,
   .trim               = cbt_trim,
   .flush              = cbt_flush,
   .extents            = cbt_extents,
-  .cache              = cbt_cache,
 };
 
 NBDKIT_REGISTER_FILTER (filter)

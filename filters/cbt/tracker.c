@@ -35,6 +35,7 @@
 #include "command.h"
 #include "exportname.h"
 #include "gate.h"
+#include "statedir.h"
 #include "statefile.h"
 #include "tracker.h"
 
@@ -1006,54 +1007,35 @@ load_state (char *text, size_t len, const struct tracker_config *cfg,
   return r;
 }
 
+static bool
+known_bitmap (uint64_t id)
+{
+  size_t i;
+
+  for (i = 0; i < T.ncps; ++i)
+    if (T.cps[i]->id == id)
+      return true;
+  return false;
+}
+
 static void
 remove_strays (void)
 {
-  int fd = dup (T.dirfd);
-  DIR *d;
-  struct dirent *e;
+  static const char *const suffixes[] = { "bits", "bits.tmp", NULL };
 
-  if (fd == -1 || (d = fdopendir (fd)) == NULL) {
-    if (fd >= 0) close (fd);
-    return;
-  }
-  while ((e = readdir (d)) != NULL) {
-    uint64_t id;
-    char rest[16];
-    size_t i;
-    bool known = false;
-
-    if (strcmp (e->d_name, STATE_NAME ".tmp") == 0) {
-      unlinkat (T.dirfd, e->d_name, 0);
-      continue;
-    }
-    if (sscanf (e->d_name, "bitmap-%" SCNu64 ".%15s", &id, rest) != 2)
-      continue;
-    for (i = 0; i < T.ncps; ++i)
-      if (T.cps[i]->id == id)
-        known = true;
-    if (strcmp (rest, "bits") != 0 && strcmp (rest, "bits.tmp") != 0)
-      continue;                 /* not a name we write: leave it */
-    if (!known || strcmp (rest, "bits") != 0) {
-      nbdkit_debug ("cbt: removing stray %s", e->d_name);
-      unlinkat (T.dirfd, e->d_name, 0);
-    }
-  }
-  closedir (d);
+  statedir_remove_strays (T.dirfd, STATE_NAME, "bitmap-", suffixes,
+                          known_bitmap, "cbt");
 }
 
 static bool
 any_bitmaps (void)
 {
-  int fd = dup (T.dirfd);
-  DIR *d;
+  DIR *d = statedir_open (T.dirfd);
   struct dirent *e;
   bool any = false;
 
-  if (fd == -1 || (d = fdopendir (fd)) == NULL) {
-    if (fd >= 0) close (fd);
+  if (d == NULL)
     return false;
-  }
   while ((e = readdir (d)) != NULL)
     if (strncmp (e->d_name, "bitmap-", 7) == 0)
       any = true;

@@ -22,20 +22,15 @@
 
 #include "exportname.h"
 #include "command.h"
-#include "json.h"
+#include "filterhandle.h"
 #include "param.h"
 #include "points.h"
 #include "policy.h"
 
-enum kind { LIVE, VIEW, COMMAND, PASS };
-
 struct handle {
-  enum kind kind;
+  struct filter_handle fh;      /* first: see filterhandle.h */
   struct point *point;          /* VIEW */
   nbdkit_next *changes;         /* VIEW incremental: @cbt:diff/BASE/NAME */
-  char *json;                   /* COMMAND */
-  size_t json_len;
-  char desc[160];
 };
 
 static struct freeze_config cfg = { .block_size = 65536 };
@@ -52,35 +47,23 @@ static int
 freeze_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                const char *key, const char *value)
 {
-  if (strcmp (key, "freeze-dir") == 0) {
-    free ((char *) cfg.dir);
-    cfg.dir = nbdkit_absolute_path (value);
-    return cfg.dir ? 0 : -1;
-  }
+  if (strcmp (key, "freeze-dir") == 0)
+    return param_path (value, &cfg.dir);
   if (strcmp (key, "freeze-max-size") == 0)
     return param_size (key, value, &cfg.max_size);
   if (strcmp (key, "freeze-block-size") == 0)
     return param_block_size (key, value, &cfg.block_size);
-  if (strcmp (key, "freeze-commands") == 0) {
-    if (policy_parse (value, &policy) == -1) {
-      nbdkit_error ("freeze-commands=%s: expected none, any, unix, tls or "
-                    "unix,tls", value);
-      return -1;
-    }
-    return 0;
-  }
+  if (strcmp (key, "freeze-commands") == 0)
+    return param_policy (key, value, &policy);
   if (strcmp (key, "snapshot-revert-on-close") == 0) {
     nbdkit_error ("snapshot-revert-on-close cannot be used under the freeze "
                   "filter: its automatic revert would change a frozen disk "
                   "behind the filter's back");
     return -1;
   }
-  if (strncmp (key, "freeze-", 7) == 0) {
-    nbdkit_error ("unknown parameter '%s' (the freeze filter takes "
-                  "freeze-dir, freeze-max-size, freeze-block-size, "
-                  "freeze-commands)", key);
+  if (param_unknown (key, "freeze", "freeze-dir, freeze-max-size, "
+                     "freeze-block-size, freeze-commands"))
     return -1;
-  }
   return next (nxdata, key, value);
 }
 
@@ -103,12 +86,6 @@ freeze_config_complete (nbdkit_next_config_complete *next,
   "freeze-commands=WHO       none|unix|tls|unix,tls|any (default unix,tls)."
 
 static int
-freeze_thread_model (void)
-{
-  return NBDKIT_THREAD_MODEL_PARALLEL;
-}
-
-static int
 freeze_get_ready (int thread_model)
 {
   return points_start (&cfg, backend);
@@ -120,49 +97,31 @@ freeze_cleanup (nbdkit_backend *b)
   points_stop ();
 }
 
-static void
-add_view (const char *name, void *opaque)
-{
-  char buf[NAME_MAX_LEN + 16], desc[NAME_MAX_LEN + 64];
-
-  snprintf (buf, sizeof buf, "@freeze/%s", name);
-  snprintf (desc, sizeof desc, "disk frozen at %s (read-only)", name);
-  nbdkit_add_export (opaque, buf, desc);
-}
-
 static int
 freeze_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
                      int readonly, int is_tls,
                      struct nbdkit_exports *exports)
 {
-  if (next (nxdata, readonly, exports) == -1)
-    return -1;
-  points_foreach (add_view, exports);
-  return 0;
+  return fh_list_views (next, nxdata, readonly, exports, points_foreach,
+                        "freeze", "disk frozen at ", " (read-only)");
 }
 
-static void
-run_command (struct handle *h, const struct export_name *en,
-             nbdkit_backend *b, int readonly, int is_tls)
+/* Run a command (see fh_command); b is the backend below. */
+static int
+perform (struct command *c, const struct export_name *en, void *b)
 {
-  struct command c = { .filter = "freeze", .verb = en->verb };
   const char *v = en->verb;
-  int r = -1;
 
-  if (command_allowed (&c, strcmp (v, "list") != 0, policy, readonly,
-                       is_tls) == -1)
-    ;
-  else if (strcmp (v, "list") == 0 && en->nargs == 0)
-    r = points_cmd_list (&c.body);
-  else if (strcmp (v, "begin") == 0 && en->nargs == 1)
-    r = points_cmd_begin (en->args[0], b, &c.body, &c.ename, c.why,
-                          sizeof c.why);
-  else if (strcmp (v, "end") == 0 && en->nargs == 1)
-    r = points_cmd_end (en->args[0], &c.body, &c.ename, c.why,
-                        sizeof c.why);
-  else
-    command_bad_args (&c, "nbdkit-freeze-filter(1)");
-  command_finish (&c, r, &h->json, &h->json_len);
+  if (strcmp (v, "list") == 0 && en->nargs == 0)
+    return points_cmd_list (&c->body);
+  if (strcmp (v, "begin") == 0 && en->nargs == 1)
+    return points_cmd_begin (en->args[0], b, &c->body, &c->ename, c->why,
+                             sizeof c->why);
+  if (strcmp (v, "end") == 0 && en->nargs == 1)
+    return points_cmd_end (en->args[0], &c->body, &c->ename, c->why,
+                           sizeof c->why);
+  command_bad_args (c, "nbdkit-freeze-filter(1)");
+  return -1;
 }
 
 /* Open the cbt change map between base and name below us. */
@@ -234,7 +193,7 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
                     "@freeze:end/NAME)");
       goto err;
     }
-    h->kind = PASS;
+    h->fh.kind = PASS;
     r = next (nxdata, readonly, exportname);
     if (revert)
       points_leave ();
@@ -244,7 +203,7 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   }
 
   case EXPORT_LIVE:
-    h->kind = LIVE;
+    h->fh.kind = LIVE;
     if (next (nxdata, readonly, exportname) == -1)
       goto err;
     return h;
@@ -264,7 +223,7 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
         nbdkit_error ("freeze: %s: %s", exportname, why);
         goto err;
       }
-      h->kind = VIEW;
+      h->fh.kind = VIEW;
       h->point = points_get (name, why, sizeof why);
       if (h->point == NULL) {
         nbdkit_error ("freeze: %s: %s", exportname, why);
@@ -284,7 +243,8 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
         points_put (h->point);
         goto err;
       }
-      snprintf (h->desc, sizeof h->desc, "nbdsnap:freeze view %s", name);
+      snprintf (h->fh.desc, sizeof h->fh.desc, "nbdsnap:freeze view %s",
+                name);
       return h;
     }
     if (strcmp (en.verb, "list") && strcmp (en.verb, "begin") &&
@@ -293,15 +253,9 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
                     "list, diff)", exportname, en.verb);
       goto err;
     }
-    h->kind = COMMAND;
-    run_command (h, &en, nbdkit_context_get_backend (nxdata), readonly,
-                 is_tls);
-    if (h->json == NULL) {
-      nbdkit_error ("freeze: out of memory");
+    if (fh_command (&h->fh, "freeze", policy, &en, readonly, is_tls,
+                    perform, nbdkit_context_get_backend (nxdata)) == -1)
       goto err;
-    }
-    snprintf (h->desc, sizeof h->desc, "nbdsnap:freeze command %s",
-              en.verb);
     return h;
   }
  err:
@@ -320,8 +274,7 @@ freeze_close (void *handle)
   }
   if (h->point)
     points_put (h->point);
-  free (h->json);
-  free (h);
+  fh_close (h);
 }
 
 static int
@@ -329,62 +282,13 @@ freeze_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   struct handle *h = handle;
 
-  if (h->kind == PASS && command_check_below (next, "freeze") == -1)
+  if (h->fh.kind == PASS && command_check_below (next, "freeze") == -1)
     return -1;
-  if ((h->kind == LIVE || h->kind == VIEW) && next->can_extents (next) == -1)
+  if ((h->fh.kind == LIVE || h->fh.kind == VIEW) &&
+      next->can_extents (next) == -1)
     return -1;
   return 0;
 }
-
-static int64_t
-freeze_get_size (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-  return h->kind == COMMAND ? (int64_t) h->json_len : next->get_size (next);
-}
-
-static const char *
-freeze_export_description (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-
-  if (h->kind == LIVE || h->kind == PASS)
-    return next->export_description (next);
-  return nbdkit_strdup_intern (h->desc);
-}
-
-static int
-freeze_block_size (nbdkit_next *next, void *handle,
-                   uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
-{
-  struct handle *h = handle;
-
-  if (h->kind == COMMAND) {
-    *minimum = *preferred = *maximum = 0;
-    return 0;
-  }
-  return next->block_size (next, minimum, preferred, maximum);
-}
-
-#define PASSTHRU_OR(name, view_value, cmd_value)                        \
-  static int                                                            \
-  freeze_##name (nbdkit_next *next, void *handle)                       \
-  {                                                                     \
-    struct handle *h = handle;                                          \
-    if (h->kind == COMMAND) return (cmd_value);                         \
-    if (h->kind == VIEW) return (view_value);                           \
-    return next->name (next);                                           \
-  }
-PASSTHRU_OR (can_write, 0, 0)
-PASSTHRU_OR (can_flush, 0, 0)
-PASSTHRU_OR (is_rotational, next->is_rotational (next), 0)
-PASSTHRU_OR (can_trim, 0, 0)
-PASSTHRU_OR (can_zero, NBDKIT_ZERO_NONE, NBDKIT_ZERO_NONE)
-PASSTHRU_OR (can_fast_zero, 0, 0)
-PASSTHRU_OR (can_fua, NBDKIT_FUA_NONE, NBDKIT_FUA_NONE)
-PASSTHRU_OR (can_multi_conn, 1, 0)
-PASSTHRU_OR (can_cache, NBDKIT_CACHE_NONE, NBDKIT_CACHE_NONE)
-PASSTHRU_OR (can_extents, 1, 0)
 
 static int
 freeze_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
@@ -392,14 +296,9 @@ freeze_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
 {
   struct handle *h = handle;
 
-  switch (h->kind) {
-  case COMMAND:
-    return command_pread (h->json, h->json_len, buf, count, offset, err);
-  case VIEW:
+  if (h->fh.kind == VIEW)
     return points_pread (h->point, next, buf, count, offset, err);
-  default:
-    return next->pread (next, buf, count, offset, flags, err);
-  }
+  return fh_pread (next, handle, buf, count, offset, flags, err);
 }
 
 /* Writes of the live disk: save frozen content first, inside the gate so
@@ -409,7 +308,7 @@ freeze_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
   do {                                                                  \
     struct handle *h = handle;                                          \
     int r;                                                              \
-    if (h->kind != LIVE && h->kind != PASS) {                           \
+    if (h->fh.kind != LIVE && h->fh.kind != PASS) {                     \
       *err = EROFS;                                                     \
       return -1;                                                        \
     }                                                                   \
@@ -446,7 +345,7 @@ freeze_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
   struct handle *h = handle;
 
-  if (h->kind != LIVE && h->kind != PASS)
+  if (h->fh.kind != LIVE && h->fh.kind != PASS)
     return 0;
   return next->flush (next, flags, err);
 }
@@ -458,22 +357,10 @@ freeze_extents (nbdkit_next *next, void *handle, uint32_t count,
 {
   struct handle *h = handle;
 
-  switch (h->kind) {
-  case COMMAND:
-    return nbdkit_add_extent (extents, offset, count, 0);
-  case VIEW:
+  if (h->fh.kind == VIEW)
     return points_extents (h->point, next, h->changes, count, offset, flags,
                            extents, err);
-  default:
-    return next->extents (next, count, offset, flags, extents, err);
-  }
-}
-
-static int
-freeze_cache (nbdkit_next *next, void *handle, uint32_t count,
-              uint64_t offset, uint32_t flags, int *err)
-{
-  return next->cache (next, count, offset, flags, err);
+  return fh_extents (next, handle, count, offset, flags, extents, err);
 }
 
 static struct nbdkit_filter filter = {
@@ -483,33 +370,20 @@ static struct nbdkit_filter filter = {
   .config             = freeze_config,
   .config_complete    = freeze_config_complete,
   .config_help        = freeze_config_help,
-  .thread_model       = freeze_thread_model,
+  .thread_model       = fh_thread_model,
   .get_ready          = freeze_get_ready,
   .cleanup            = freeze_cleanup,
   .list_exports       = freeze_list_exports,
   .open               = freeze_open,
   .close              = freeze_close,
   .prepare            = freeze_prepare,
-  .get_size           = freeze_get_size,
-  .export_description = freeze_export_description,
-  .block_size         = freeze_block_size,
-  .can_write          = freeze_can_write,
-  .can_flush          = freeze_can_flush,
-  .is_rotational      = freeze_is_rotational,
-  .can_trim           = freeze_can_trim,
-  .can_zero           = freeze_can_zero,
-  .can_fast_zero      = freeze_can_fast_zero,
-  .can_extents        = freeze_can_extents,
-  .can_fua            = freeze_can_fua,
-  .can_multi_conn     = freeze_can_multi_conn,
-  .can_cache          = freeze_can_cache,
+  FH_PASSTHRU_CALLBACKS,
   .pread              = freeze_pread,
   .pwrite             = freeze_pwrite,
   .zero               = freeze_zero,
   .trim               = freeze_trim,
   .flush              = freeze_flush,
   .extents            = freeze_extents,
-  .cache              = freeze_cache,
 };
 
 NBDKIT_REGISTER_FILTER (filter)

@@ -20,20 +20,15 @@
 
 #include "exportname.h"
 #include "command.h"
-#include "json.h"
+#include "filterhandle.h"
 #include "param.h"
 #include "policy.h"
 #include "store.h"
 
-enum kind { LIVE, VIEW, COMMAND, PASS };
-
 struct handle {
-  enum kind kind;
+  struct filter_handle fh;      /* first: see filterhandle.h */
   bool writable;                /* LIVE: counted as a writer */
   struct view view;             /* LIVE and VIEW */
-  char *json;                   /* COMMAND */
-  size_t json_len;
-  char desc[160];               /* export description */
 };
 
 static struct store_config cfg;
@@ -44,21 +39,12 @@ static int
 snapshot_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                  const char *key, const char *value)
 {
-  if (strcmp (key, "snapshot-dir") == 0) {
-    free ((char *) cfg.dir);
-    cfg.dir = nbdkit_absolute_path (value);
-    return cfg.dir ? 0 : -1;
-  }
+  if (strcmp (key, "snapshot-dir") == 0)
+    return param_path (value, &cfg.dir);
   if (strcmp (key, "snapshot-block-size") == 0)
     return param_block_size (key, value, &cfg.block_size);
-  if (strcmp (key, "snapshot-commands") == 0) {
-    if (policy_parse (value, &policy) == -1) {
-      nbdkit_error ("snapshot-commands=%s: expected none, any, unix, tls "
-                    "or unix,tls", value);
-      return -1;
-    }
-    return 0;
-  }
+  if (strcmp (key, "snapshot-commands") == 0)
+    return param_policy (key, value, &policy);
   if (strcmp (key, "snapshot-revert-on-close") == 0) {
     char why[128];
     if (!name_valid (value, why, sizeof why)) {
@@ -68,12 +54,9 @@ snapshot_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     cfg.revert_on_close = strdup (value);
     return 0;
   }
-  if (strncmp (key, "snapshot-", 9) == 0) {
-    nbdkit_error ("unknown parameter '%s' (the snapshot filter takes "
-                  "snapshot-dir, snapshot-block-size, snapshot-commands, "
-                  "snapshot-revert-on-close)", key);
+  if (param_unknown (key, "snapshot", "snapshot-dir, snapshot-block-size, "
+                     "snapshot-commands, snapshot-revert-on-close"))
     return -1;
-  }
   return next (nxdata, key, value);
 }
 
@@ -103,12 +86,6 @@ snapshot_unload (void)
 }
 
 static int
-snapshot_thread_model (void)
-{
-  return NBDKIT_THREAD_MODEL_PARALLEL;
-}
-
-static int
 snapshot_get_ready (int thread_model)
 {
   return store_start (&cfg, backend);
@@ -126,56 +103,37 @@ snapshot_cleanup (nbdkit_backend *b)
   store_stop ();
 }
 
-static void
-add_view (const char *name, void *opaque)
-{
-  struct nbdkit_exports *exports = opaque;
-  char buf[NAME_MAX_LEN + 16], desc[NAME_MAX_LEN + 64];
-
-  snprintf (buf, sizeof buf, "@snapshot/%s", name);
-  snprintf (desc, sizeof desc, "snapshot %s (read-only)", name);
-  nbdkit_add_export (exports, buf, desc);
-}
-
 static int
 snapshot_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
                        int readonly, int is_tls,
                        struct nbdkit_exports *exports)
 {
-  if (next (nxdata, readonly, exports) == -1)
-    return -1;
-  store_foreach_snapshot (add_view, exports);
-  return 0;
+  return fh_list_views (next, nxdata, readonly, exports,
+                        store_foreach_snapshot, "snapshot", "snapshot ",
+                        " (read-only)");
 }
 
-/* Run a command; the result document goes into h->json. */
-static void
-run_command (struct handle *h, const struct export_name *en, int readonly,
-             int is_tls)
+/* Run a command (see fh_command). */
+static int
+perform (struct command *c, const struct export_name *en, void *opaque)
 {
-  struct command c = { .filter = "snapshot", .verb = en->verb };
   const char *v = en->verb;
-  int r = -1;
 
-  if (command_allowed (&c, strcmp (v, "list") != 0, policy, readonly,
-                       is_tls) == -1)
-    ;
-  else if (strcmp (v, "list") == 0 && en->nargs == 0)
-    r = store_cmd_list (&c.body);
-  else if (strcmp (v, "create") == 0 && en->nargs == 1)
-    r = store_cmd_create (en->args[0], &c.body, &c.ename, c.why,
-                          sizeof c.why);
-  else if (strcmp (v, "delete") == 0 && en->nargs == 1)
-    r = store_cmd_delete (en->args[0], &c.body, &c.ename, c.why,
-                          sizeof c.why);
-  else if (strcmp (v, "revert") == 0 &&
-           (en->nargs == 1 ||
-            (en->nargs == 2 && strcmp (en->args[1], "force") == 0)))
-    r = store_cmd_revert (en->args[0], en->nargs == 2, &c.body,
-                          &c.ename, c.why, sizeof c.why);
-  else
-    command_bad_args (&c, "nbdkit-snapshot-filter(1)");
-  command_finish (&c, r, &h->json, &h->json_len);
+  if (strcmp (v, "list") == 0 && en->nargs == 0)
+    return store_cmd_list (&c->body);
+  if (strcmp (v, "create") == 0 && en->nargs == 1)
+    return store_cmd_create (en->args[0], &c->body, &c->ename, c->why,
+                             sizeof c->why);
+  if (strcmp (v, "delete") == 0 && en->nargs == 1)
+    return store_cmd_delete (en->args[0], &c->body, &c->ename, c->why,
+                             sizeof c->why);
+  if (strcmp (v, "revert") == 0 &&
+      (en->nargs == 1 ||
+       (en->nargs == 2 && strcmp (en->args[1], "force") == 0)))
+    return store_cmd_revert (en->args[0], en->nargs == 2, &c->body,
+                             &c->ename, c->why, sizeof c->why);
+  command_bad_args (c, "nbdkit-snapshot-filter(1)");
+  return -1;
 }
 
 static void *
@@ -202,23 +160,23 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     /* For a filter below us; the handshake in .prepare checks that
      * somebody there understood it.
      */
-    h->kind = PASS;
+    h->fh.kind = PASS;
     if (next (nxdata, 1, exportname) == -1)
       goto err;
     return h;
 
   case EXPORT_LIVE:
-    h->kind = LIVE;
+    h->fh.kind = LIVE;
     h->view.live = true;
     h->writable = !readonly;
     if (next (nxdata, 1, exportname) == -1)
       goto err;
     store_live_open (h->writable);
-    snprintf (h->desc, sizeof h->desc, "live disk");
+    snprintf (h->fh.desc, sizeof h->fh.desc, "live disk");
     return h;
 
   case EXPORT_VIEW:
-    h->kind = VIEW;
+    h->fh.kind = VIEW;
     if (store_view_open (&h->view, en.args[0], NULL, &ename, why,
                          sizeof why) == -1) {
       nbdkit_error ("snapshot: %s: %s", exportname, why);
@@ -228,7 +186,7 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
       store_view_close (&h->view);
       goto err;
     }
-    snprintf (h->desc, sizeof h->desc, "nbdsnap:snapshot view %s",
+    snprintf (h->fh.desc, sizeof h->fh.desc, "nbdsnap:snapshot view %s",
               en.args[0]);
     return h;
 
@@ -239,7 +197,7 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
                       "@snapshot:diff/BASE/NAME", exportname);
         goto err;
       }
-      h->kind = VIEW;
+      h->fh.kind = VIEW;
       if (store_view_open (&h->view, en.nargs == 2 ? en.args[1] : NULL,
                            en.args[0], &ename, why, sizeof why) == -1) {
         nbdkit_error ("snapshot: %s: %s", exportname, why);
@@ -249,7 +207,7 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
         store_view_close (&h->view);
         goto err;
       }
-      snprintf (h->desc, sizeof h->desc, "nbdsnap:snapshot change map");
+      snprintf (h->fh.desc, sizeof h->fh.desc, "nbdsnap:snapshot change map");
       return h;
     }
     if (strcmp (en.verb, "list") && strcmp (en.verb, "create") &&
@@ -258,14 +216,9 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
                     "list, revert, delete, diff)", exportname, en.verb);
       goto err;
     }
-    h->kind = COMMAND;
-    run_command (h, &en, readonly, is_tls);
-    if (h->json == NULL) {
-      nbdkit_error ("snapshot: out of memory");
+    if (fh_command (&h->fh, "snapshot", policy, &en, readonly, is_tls,
+                    perform, NULL) == -1)
       goto err;
-    }
-    snprintf (h->desc, sizeof h->desc, "nbdsnap:snapshot command %s",
-              en.verb);
     return h;
   }
  err:
@@ -278,12 +231,11 @@ snapshot_close (void *handle)
 {
   struct handle *h = handle;
 
-  if (h->kind == LIVE)
+  if (h->fh.kind == LIVE)
     store_live_close (h->writable);
-  else if (h->kind == VIEW)
+  else if (h->fh.kind == VIEW)
     store_view_close (&h->view);
-  free (h->json);
-  free (h);
+  fh_close (h);
 }
 
 static int
@@ -291,15 +243,16 @@ snapshot_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   struct handle *h = handle;
 
-  if (h->kind == PASS)
+  if (h->fh.kind == PASS)
     return command_check_below (next, "snapshot");
-  if ((h->kind == LIVE || h->kind == VIEW) &&
+  if ((h->fh.kind == LIVE || h->fh.kind == VIEW) &&
       next->get_size (next) != (int64_t) store_size ()) {
     nbdkit_error ("snapshot: the plugin's disk changed size under us");
     return -1;
   }
   /* nbdkit asserts that can_extents was asked before extents is used. */
-  if ((h->kind == LIVE || h->kind == VIEW) && next->can_extents (next) == -1)
+  if ((h->fh.kind == LIVE || h->fh.kind == VIEW) &&
+      next->can_extents (next) == -1)
     return -1;
   return 0;
 }
@@ -309,23 +262,9 @@ snapshot_get_size (nbdkit_next *next, void *handle)
 {
   struct handle *h = handle;
 
-  switch (h->kind) {
-  case PASS: return next->get_size (next);
-  case COMMAND: return h->json_len;
-  default: return store_size ();
-  }
-}
-
-static const char *
-snapshot_export_description (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-
-  if (h->kind == PASS)
-    return next->export_description (next);
-  if (h->kind == LIVE && next)
-    return next->export_description (next);
-  return nbdkit_strdup_intern (h->desc);
+  if (h->fh.kind == LIVE || h->fh.kind == VIEW)
+    return store_size ();
+  return fh_get_size (next, handle);
 }
 
 static int
@@ -335,12 +274,8 @@ snapshot_block_size (nbdkit_next *next, void *handle,
 {
   struct handle *h = handle;
 
-  if (h->kind == PASS)
-    return next->block_size (next, minimum, preferred, maximum);
-  if (h->kind == COMMAND) {
-    *minimum = *preferred = *maximum = 0;
-    return 0;
-  }
+  if (h->fh.kind != LIVE && h->fh.kind != VIEW)
+    return fh_block_size (next, handle, minimum, preferred, maximum);
   *minimum = 1;
   *preferred = store_block_size () > 32 * 1024 * 1024 ? 32 * 1024 * 1024
     : store_block_size ();
@@ -348,18 +283,23 @@ snapshot_block_size (nbdkit_next *next, void *handle,
   return 0;
 }
 
+/* Capabilities: only the live disk is written; the live disk and views
+ * have extents and multi-conn (all connections share one store, and
+ * flush covers them all).  A PASS handle (opened read-only below) and a
+ * COMMAND handle have none of these.
+ */
 static int
-snapshot_can_write (nbdkit_next *next, void *handle)
+snapshot_live (nbdkit_next *next, void *handle)
 {
   struct handle *h = handle;
-  return h->kind == LIVE;
+  return h->fh.kind == LIVE;
 }
 
 static int
-snapshot_can_flush (nbdkit_next *next, void *handle)
+snapshot_live_or_view (nbdkit_next *next, void *handle)
 {
   struct handle *h = handle;
-  return h->kind == LIVE;
+  return h->fh.kind == LIVE || h->fh.kind == VIEW;
 }
 
 static int
@@ -369,46 +309,17 @@ snapshot_is_rotational (nbdkit_next *next, void *handle)
 }
 
 static int
-snapshot_can_trim (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-  return h->kind == LIVE;
-}
-
-static int
 snapshot_can_zero (nbdkit_next *next, void *handle)
 {
   struct handle *h = handle;
-  return h->kind == LIVE ? NBDKIT_ZERO_NATIVE : NBDKIT_ZERO_NONE;
-}
-
-static int
-snapshot_can_fast_zero (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-  return h->kind == LIVE;
-}
-
-static int
-snapshot_can_extents (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-  return h->kind == LIVE || h->kind == VIEW;
+  return h->fh.kind == LIVE ? NBDKIT_ZERO_NATIVE : NBDKIT_ZERO_NONE;
 }
 
 static int
 snapshot_can_fua (nbdkit_next *next, void *handle)
 {
   struct handle *h = handle;
-  return h->kind == LIVE ? NBDKIT_FUA_NATIVE : NBDKIT_FUA_NONE;
-}
-
-static int
-snapshot_can_multi_conn (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-  /* All connections share one store, and flush covers them all. */
-  return h->kind == LIVE || h->kind == VIEW;
+  return h->fh.kind == LIVE ? NBDKIT_FUA_NATIVE : NBDKIT_FUA_NONE;
 }
 
 static int
@@ -423,14 +334,9 @@ snapshot_pread (nbdkit_next *next, void *handle, void *buf,
 {
   struct handle *h = handle;
 
-  switch (h->kind) {
-  case PASS:
-    return next->pread (next, buf, count, offset, flags, err);
-  case COMMAND:
-    return command_pread (h->json, h->json_len, buf, count, offset, err);
-  default:
+  if (h->fh.kind == LIVE || h->fh.kind == VIEW)
     return store_pread (&h->view, next, buf, count, offset, err);
-  }
+  return fh_pread (next, handle, buf, count, offset, flags, err);
 }
 
 static int
@@ -439,7 +345,7 @@ snapshot_pwrite (nbdkit_next *next, void *handle, const void *buf,
 {
   struct handle *h = handle;
 
-  if (h->kind != LIVE) {
+  if (h->fh.kind != LIVE) {
     *err = EROFS;
     return -1;
   }
@@ -453,7 +359,7 @@ snapshot_zero (nbdkit_next *next, void *handle, uint32_t count,
 {
   struct handle *h = handle;
 
-  if (h->kind != LIVE) {
+  if (h->fh.kind != LIVE) {
     *err = EROFS;
     return -1;
   }
@@ -473,7 +379,7 @@ snapshot_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
   struct handle *h = handle;
 
-  if (h->kind != LIVE)
+  if (h->fh.kind != LIVE)
     return 0;
   return store_flush (err);
 }
@@ -485,14 +391,9 @@ snapshot_extents (nbdkit_next *next, void *handle, uint32_t count,
 {
   struct handle *h = handle;
 
-  switch (h->kind) {
-  case PASS:
-    return next->extents (next, count, offset, flags, extents, err);
-  case COMMAND:
-    return nbdkit_add_extent (extents, offset, count, 0);
-  default:
+  if (h->fh.kind == LIVE || h->fh.kind == VIEW)
     return store_extents (&h->view, next, count, offset, flags, extents, err);
-  }
+  return fh_extents (next, handle, count, offset, flags, extents, err);
 }
 
 static struct nbdkit_filter filter = {
@@ -502,7 +403,7 @@ static struct nbdkit_filter filter = {
   .config             = snapshot_config,
   .config_complete    = snapshot_config_complete,
   .config_help        = snapshot_config_help,
-  .thread_model       = snapshot_thread_model,
+  .thread_model       = fh_thread_model,
   .get_ready          = snapshot_get_ready,
   .after_fork         = snapshot_after_fork,
   .cleanup            = snapshot_cleanup,
@@ -511,17 +412,17 @@ static struct nbdkit_filter filter = {
   .close              = snapshot_close,
   .prepare            = snapshot_prepare,
   .get_size           = snapshot_get_size,
-  .export_description = snapshot_export_description,
+  .export_description = fh_export_description,
   .block_size         = snapshot_block_size,
-  .can_write          = snapshot_can_write,
-  .can_flush          = snapshot_can_flush,
+  .can_write          = snapshot_live,
+  .can_flush          = snapshot_live,
   .is_rotational      = snapshot_is_rotational,
-  .can_trim           = snapshot_can_trim,
+  .can_trim           = snapshot_live,
   .can_zero           = snapshot_can_zero,
-  .can_fast_zero      = snapshot_can_fast_zero,
-  .can_extents        = snapshot_can_extents,
+  .can_fast_zero      = snapshot_live,
+  .can_extents        = snapshot_live_or_view,
   .can_fua            = snapshot_can_fua,
-  .can_multi_conn     = snapshot_can_multi_conn,
+  .can_multi_conn     = snapshot_live_or_view,
   .can_cache          = snapshot_can_cache,
   .pread              = snapshot_pread,
   .pwrite             = snapshot_pwrite,

@@ -33,6 +33,7 @@
 
 #include "exportname.h"
 #include "gate.h"
+#include "statedir.h"
 #include "statefile.h"
 #include "store.h"
 
@@ -1477,44 +1478,27 @@ load_state (char *text, size_t len, uint32_t want_bs)
   return r;
 }
 
+static bool
+known_layer (uint64_t id)
+{
+  size_t s;
+
+  for (s = 1; s < MAX_SLOTS; ++s)
+    if (S.slots[s] && S.slots[s]->id == id)
+      return true;
+  return false;
+}
+
 /* Remove files no committed state refers to (left by a crash between
  * creating a layer and committing the state that names it).
  */
 static void
 remove_strays (void)
 {
-  int fd = dup (S.dirfd);
-  DIR *d;
-  struct dirent *e;
+  static const char *const suffixes[] = { "data", "map", "map.tmp", NULL };
 
-  if (fd == -1 || (d = fdopendir (fd)) == NULL) {
-    if (fd >= 0) close (fd);
-    return;
-  }
-  while ((e = readdir (d)) != NULL) {
-    uint64_t id;
-    char rest[16];
-    size_t s;
-    bool known = false;
-
-    if (strcmp (e->d_name, STATE_NAME ".tmp") == 0) {
-      unlinkat (S.dirfd, e->d_name, 0);
-      continue;
-    }
-    if (sscanf (e->d_name, "layer-%" SCNu64 ".%15s", &id, rest) != 2)
-      continue;
-    for (s = 1; s < MAX_SLOTS; ++s)
-      if (S.slots[s] && S.slots[s]->id == id)
-        known = true;
-    if (strcmp (rest, "data") != 0 && strcmp (rest, "map") != 0 &&
-        strcmp (rest, "map.tmp") != 0)
-      continue;                 /* not a name we write: leave it */
-    if (!known || strstr (rest, "tmp")) {
-      nbdkit_debug ("snapshot: removing stray %s", e->d_name);
-      unlinkat (S.dirfd, e->d_name, 0);
-    }
-  }
-  closedir (d);
+  statedir_remove_strays (S.dirfd, STATE_NAME, "layer-", suffixes,
+                          known_layer, "snapshot");
 }
 
 /* A directory without a state file must hold no layers, except what an
@@ -1523,14 +1507,12 @@ remove_strays (void)
 static int
 check_no_layers (void)
 {
-  int fd = dup (S.dirfd);
-  DIR *d;
+  DIR *d = statedir_open (S.dirfd);
   struct dirent *e;
   bool first_start_leftover = true, any = false;
   struct stat st;
 
-  if (fd == -1 || (d = fdopendir (fd)) == NULL) {
-    if (fd >= 0) close (fd);
+  if (d == NULL) {
     nbdkit_error ("snapshot-dir %s: %m", S.dir);
     return -1;
   }
