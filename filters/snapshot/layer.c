@@ -188,10 +188,21 @@ layer_unlink (int dirfd, uint64_t id)
   unlinkat (dirfd, name, 0);
 }
 
+/* Background frees still running: the filter must not be unloaded
+ * while one of their threads runs its code (layer_wait_background).
+ */
+static pthread_mutex_t bg_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t bg_done = PTHREAD_COND_INITIALIZER;
+static unsigned bg_running;
+
 static void *
 free_thread (void *l)
 {
   layer_free (l);
+  pthread_mutex_lock (&bg_lock);
+  if (--bg_running == 0)
+    pthread_cond_broadcast (&bg_done);
+  pthread_mutex_unlock (&bg_lock);
   return NULL;
 }
 
@@ -201,11 +212,23 @@ layer_free_background (struct layer *l)
   pthread_t t;
   pthread_attr_t a;
 
+  pthread_mutex_lock (&bg_lock);
+  bg_running++;
+  pthread_mutex_unlock (&bg_lock);
   pthread_attr_init (&a);
   pthread_attr_setdetachstate (&a, PTHREAD_CREATE_DETACHED);
   if (pthread_create (&t, &a, free_thread, l) != 0)
-    layer_free (l);
+    free_thread (l);
   pthread_attr_destroy (&a);
+}
+
+void
+layer_wait_background (void)
+{
+  pthread_mutex_lock (&bg_lock);
+  while (bg_running > 0)
+    pthread_cond_wait (&bg_done, &bg_lock);
+  pthread_mutex_unlock (&bg_lock);
 }
 
 void

@@ -75,6 +75,8 @@ void layer_free (struct layer *l);
  * the data and must not stall a revert.
  */
 void layer_free_background (struct layer *l);
+/* Wait until every layer_free_background has finished (before unload). */
+void layer_wait_background (void);
 
 /* File names of a layer. */
 void layer_data_name (uint64_t id, char *buf, size_t len);

@@ -24,6 +24,7 @@
 #include "param.h"
 #include "policy.h"
 #include "store.h"
+#include "layer.h"
 
 struct handle {
   struct filter_handle fh;      /* first: see filterhandle.h */
@@ -81,6 +82,7 @@ snapshot_config_complete (nbdkit_next_config_complete *next,
 static void
 snapshot_unload (void)
 {
+  layer_wait_background ();
   free ((char *) cfg.dir);
   free ((char *) cfg.revert_on_close);
 }
