@@ -32,7 +32,7 @@ say() { printf '\n==> %s\n' "$*"; }
 # ---------------------------------------------------------------- packages
 packages=(
     nbdkit nbdkit-plugin-dev libnbd-dev libnbd-bin python3-libnbd
-    libgnutls28-dev libzstd-dev qemu-utils fio
+    libgnutls28-dev libzstd-dev libjson-c-dev qemu-utils fio
     autoconf automake libtool pkg-config make gcc perl
     valgrind e2fsprogs
 )

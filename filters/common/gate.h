@@ -1,4 +1,4 @@
-/* nbdsnap common: a quiesce gate.
+/* nbdsnap filters: a quiesce gate.
  *
  * Every request passes through the gate (gate_enter/gate_leave, two
  * atomic operations on the fast path, no lock).  A command that must act

@@ -1,4 +1,4 @@
-/* nbdsnap common: commands (exports whose opening performs an action and
+/* nbdsnap filters: commands (exports whose opening performs an action and
  * whose content is a JSON result), and names passed to filters below.
  */
 #ifndef NBDSNAP_COMMAND_H
@@ -27,6 +27,19 @@ struct command {
 int command_allowed (struct command *cmd, bool mutating, unsigned policy,
                      int readonly, int is_tls)
   __attribute__ ((nonnull (1)));
+
+/* Fail the command: set cmd->ename (an errno name such as "ENOENT") and
+ * cmd->why (printf-style).  Returns -1, so that a verb can end with
+ * "return command_fail (c, ...);".
+ */
+int command_fail (struct command *cmd, const char *ename, const char *fmt,
+                  ...)
+  __attribute__ ((format (printf, 3, 4), nonnull (1, 2, 3)));
+
+/* The errno name a command reports for a failed system call: ENOSPC
+ * (also for EDQUOT), EROFS, ENOMEM, else EIO.
+ */
+const char *command_errno_name (int e);
 
 /* The arguments do not fit the verb (EINVAL); manpage names the page. */
 void command_bad_args (struct command *cmd, const char *manpage)

@@ -1,4 +1,4 @@
-/* nbdsnap common: bounded page cache while writing large files. */
+/* nbdsnap repository: bounded page cache while writing large files. */
 #include <config.h>
 
 #include <fcntl.h>

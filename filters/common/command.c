@@ -1,7 +1,8 @@
-/* nbdsnap common: commands and names passed down. */
+/* nbdsnap filters: commands and names passed down. */
 #include <config.h>
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -28,6 +29,29 @@ command_allowed (struct command *cmd, bool mutating, unsigned policy,
     return -1;
   }
   return 0;
+}
+
+int
+command_fail (struct command *cmd, const char *ename, const char *fmt, ...)
+{
+  va_list ap;
+
+  cmd->ename = ename;
+  va_start (ap, fmt);
+  vsnprintf (cmd->why, sizeof cmd->why, fmt, ap);
+  va_end (ap);
+  return -1;
+}
+
+const char *
+command_errno_name (int e)
+{
+  switch (e) {
+  case ENOSPC: case EDQUOT: return "ENOSPC";
+  case EROFS: return "EROFS";
+  case ENOMEM: return "ENOMEM";
+  default: return "EIO";
+  }
 }
 
 void

@@ -1,4 +1,4 @@
-/* nbdsnap common: parsing filter parameters. */
+/* nbdsnap filters: parsing filter parameters. */
 #include <config.h>
 
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-/* nbdsnap common: the backup repository.
+/* nbdsnap repository: the backup repository.
  *
  * The format is described byte by byte in docs/repository-format.md; the
  * short version:

@@ -1,4 +1,4 @@
-/* nbdsnap common: command policy. */
+/* nbdsnap filters: command policy. */
 #include <config.h>
 
 #include <string.h>

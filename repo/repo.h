@@ -1,4 +1,4 @@
-/* nbdsnap common: the backup repository.
+/* nbdsnap repository: the backup repository.
  *
  * The ONLY code that reads or writes a repository (the backup plugin and
  * the nbdsnap tool both go through it).  The on-disk format is described

@@ -1,4 +1,4 @@
-/* nbdsnap common: a quiesce gate (see gate.h). */
+/* nbdsnap filters: a quiesce gate (see gate.h). */
 #include <config.h>
 
 #include "gate.h"

@@ -1,4 +1,4 @@
-/* nbdsnap common: what the snapshot, cbt and freeze filters' handles
+/* nbdsnap filters: what the snapshot, cbt and freeze filters' handles
  * share, and the nbdkit callbacks that work on it alone.
  *
  * Every connection of an nbdsnap filter is one of:

@@ -1,4 +1,4 @@
-/* nbdsnap common: a filter's state directory. */
+/* nbdsnap filters: a filter's state directory. */
 #include <config.h>
 
 #include <errno.h>

@@ -1,4 +1,4 @@
-/* nbdsnap common: building small JSON result documents.
+/* nbdsnap filters: building small JSON result documents.
  *
  * Only a writer: nbdsnap never parses JSON in C.
  */

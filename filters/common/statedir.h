@@ -1,4 +1,4 @@
-/* nbdsnap common: a filter's state directory.
+/* nbdsnap filters: a filter's state directory.
  *
  * Uses nbdkit_debug, so only the filters link it (statefile.c, which the
  * tools share, stays free of nbdkit calls).

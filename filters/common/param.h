@@ -1,4 +1,4 @@
-/* nbdsnap common: parsing filter parameters. */
+/* nbdsnap filters: parsing filter parameters. */
 #ifndef NBDSNAP_PARAM_H
 #define NBDSNAP_PARAM_H
 

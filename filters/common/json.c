@@ -1,4 +1,4 @@
-/* nbdsnap common: JSON writer. */
+/* nbdsnap filters: JSON writer. */
 #include <config.h>
 
 #include <stdarg.h>

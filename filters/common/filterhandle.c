@@ -1,4 +1,4 @@
-/* nbdsnap common: the filters' shared handle part and its callbacks. */
+/* nbdsnap filters: the filters' shared handle part and its callbacks. */
 #include <config.h>
 
 #include <stdio.h>

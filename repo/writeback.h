@@ -1,4 +1,4 @@
-/* nbdsnap common: bounded page cache while writing large files. */
+/* nbdsnap repository: bounded page cache while writing large files. */
 #ifndef NBDSNAP_WRITEBACK_H
 #define NBDSNAP_WRITEBACK_H
 

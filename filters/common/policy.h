@@ -1,4 +1,4 @@
-/* nbdsnap common: who may run mutating commands (FILTER-commands=...). */
+/* nbdsnap filters: who may run mutating commands (FILTER-commands=...). */
 #ifndef NBDSNAP_POLICY_H
 #define NBDSNAP_POLICY_H
 
