@@ -113,13 +113,11 @@ perform (struct command *c, const struct export_name *en, void *b)
   const char *v = en->verb;
 
   if (strcmp (v, "list") == 0 && en->nargs == 0)
-    return points_cmd_list (&c->body);
+    return points_cmd_list (c);
   if (strcmp (v, "begin") == 0 && en->nargs == 1)
-    return points_cmd_begin (en->args[0], b, &c->body, &c->ename, c->why,
-                             sizeof c->why);
+    return points_cmd_begin (c, en->args[0], b);
   if (strcmp (v, "end") == 0 && en->nargs == 1)
-    return points_cmd_end (en->args[0], &c->body, &c->ename, c->why,
-                           sizeof c->why);
+    return points_cmd_end (c, en->args[0]);
   command_bad_args (c, "nbdkit-freeze-filter(1)");
   return -1;
 }

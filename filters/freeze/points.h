@@ -14,7 +14,7 @@
 
 #include <nbdkit-filter.h>
 
-#include "json.h"
+#include "command.h"
 
 struct freeze_config {
   const char *dir;
@@ -24,8 +24,11 @@ struct freeze_config {
 
 struct point;
 
+/* Open freeze-dir and learn the disk size below.  -1 after nbdkit_error. */
 int points_start (const struct freeze_config *cfg, nbdkit_backend *backend);
+/* Drop every point. */
 void points_stop (void);
+/* The copy-before-write block size. */
 uint32_t points_block_size (void);
 
 /* Live data path: bracket every write; points_save copies the frozen
@@ -52,13 +55,19 @@ int points_extents (struct point *p, nbdkit_next *next, nbdkit_next *changes,
                     uint32_t count, uint64_t offset, uint32_t flags,
                     struct nbdkit_extents *extents, int *err);
 
-/* Commands. */
-int points_cmd_begin (const char *name, nbdkit_backend *backend,
-                      struct jbuf *j, const char **err_name,
-                      char *why, size_t whylen);
-int points_cmd_end (const char *name, struct jbuf *j, const char **err_name,
-                    char *why, size_t whylen);
-int points_cmd_list (struct jbuf *j);
+/* Commands: 0 with the result members appended to c->body, or -1 after
+ * command_fail.  begin freezes the disk (and makes a cbt checkpoint of
+ * the same name through backend, if a cbt filter is below); end
+ * releases a point (views still open on it start failing).
+ */
+int points_cmd_begin (struct command *c, const char *name,
+                      nbdkit_backend *backend)
+  __attribute__ ((nonnull (1, 2, 3)));
+int points_cmd_end (struct command *c, const char *name)
+  __attribute__ ((nonnull (1, 2)));
+int points_cmd_list (struct command *c) __attribute__ ((nonnull (1)));
+
+/* For list_exports: calls fn with each point's name. */
 void points_foreach (void (*fn) (const char *name, void *opaque),
                      void *opaque);
 

@@ -1,0 +1,75 @@
+/* nbdsnap freeze filter: what the frozen-point files share (not for
+ * freeze.c, which uses points.h).
+ *
+ *   points.c    the list of points, their life (start, stop, refs, abort)
+ *   save.c      the live data path: copy-before-write into every point
+ *   view.c      reading a point (data and extents)
+ *   commands.c  begin, end, list
+ */
+#ifndef NBDSNAP_FREEZE_POINTS_INTERNAL_H
+#define NBDSNAP_FREEZE_POINTS_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "bitmap.h"
+#include "exportname.h"
+#include "gate.h"
+#include "geom.h"
+#include "points.h"
+#include "stripes.h"
+
+struct point {
+  char name[NAME_MAX_LEN + 1];
+  time_t created;
+  bool checkpoint;              /* a cbt checkpoint was made with it */
+  int fd;                       /* scratch: unlinked file in freeze-dir */
+  struct bitset saved;          /* blocks whose frozen content is in fd */
+  uint64_t used;                /* scratch bytes (atomic) */
+  bool failing;                 /* atomic: fail_point claimed it */
+  bool failed;                  /* atomic: aborted (failure is set) */
+  char failure[256];
+  unsigned refs;                /* list + open views (P.lock) */
+};
+
+struct points {
+  char *dir;
+  int dirfd;
+  uint64_t max_size;            /* scratch bytes per point, 0 = no limit */
+  struct geom g;
+
+  pthread_mutex_t lock;         /* commands, refs */
+  pthread_rwlock_t rw;          /* the list (writers save under rdlock) */
+  struct point **pts;
+  size_t npts;                  /* atomic for the fast path */
+  struct gate gate;             /* writes vs begin */
+  struct stripes stripes;       /* saving vs reading a block */
+};
+
+extern struct points P;
+
+/* The point called name, or NULL (P.lock or P.rw held). */
+struct point *point_find (const char *name) __attribute__ ((nonnull (1)));
+
+/* Close the scratch file and free p. */
+void point_free (struct point *p) __attribute__ ((nonnull (1)));
+
+/* Drop a reference (P.lock held); the last one frees p. */
+void point_unref (struct point *p) __attribute__ ((nonnull (1)));
+
+/* Abort p: the live disk goes on, p's views fail from now on.  e: the
+ * errno behind it (0: none).
+ */
+void point_fail (struct point *p, const char *what, int e)
+  __attribute__ ((nonnull (1, 2)));
+
+/* Is p aborted? */
+static inline bool
+point_failed (struct point *p)
+{
+  return __atomic_load_n (&p->failed, __ATOMIC_ACQUIRE);
+}
+
+#endif /* NBDSNAP_FREEZE_POINTS_INTERNAL_H */

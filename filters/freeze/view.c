@@ -1,0 +1,145 @@
+/* nbdsnap freeze filter: reading a frozen point.
+ *
+ * A block saved in the point's scratch file is read from there; any
+ * other block still holds its frozen content on the disk below.  Reads
+ * take the block's stripe lock, so no writer can save and then
+ * overwrite the block between the check and the read.
+ */
+#include <config.h>
+
+#include <errno.h>
+
+#include <nbdkit-filter.h>
+
+#include "fileio.h"
+#include "lockscope.h"
+#include "points-internal.h"
+
+/* A view of an aborted point: fail the request. */
+static int
+aborted (struct point *p, int *err)
+{
+  nbdkit_error ("freeze: backup '%s' was aborted: %s", p->name, p->failure);
+  *err = EIO;
+  return -1;
+}
+
+/* Read [offset, offset+n) inside block b.  -2 if p is aborted. */
+static int
+read_block_part (struct point *p, nbdkit_next *next, char *buf, uint64_t b,
+                 uint64_t n, uint64_t offset, int *err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe_of (&P.stripes, b));
+
+  if (point_failed (p))
+    return -2;
+  if (bitset_get_atomic (&p->saved, b)) {
+    if (pread_exact (p->fd, buf, n, offset) == -1) {
+      *err = errno;
+      return -1;
+    }
+    return 0;
+  }
+  return next->pread (next, buf, n, offset, 0, err);
+}
+
+int
+points_pread (struct point *p, nbdkit_next *next, void *vbuf,
+              uint32_t count, uint64_t offset, int *err)
+{
+  char *buf = vbuf;
+  const uint64_t end = offset + count;
+
+  while (offset < end) {
+    uint64_t b = geom_block (&P.g, offset);
+    uint64_t n = min64 (end, geom_offset (&P.g, b + 1)) - offset;
+    int r = read_block_part (p, next, buf, b, n, offset, err);
+
+    if (r == -2)
+      return aborted (p, err);
+    if (r == -1)
+      return -1;
+    buf += n;
+    offset += n;
+  }
+  if (point_failed (p))
+    return aborted (p, err);
+  return 0;
+}
+
+/* The extent of e containing pos (searching from *i on). */
+static struct nbdkit_extent
+extent_at (struct nbdkit_extents *e, size_t *i, uint64_t pos)
+{
+  struct nbdkit_extent x;
+
+  for (;;) {
+    x = nbdkit_get_extent (e, *i);
+    if (pos < x.offset + x.length || *i + 1 >= nbdkit_extents_count (e))
+      return x;
+    (*i)++;
+  }
+}
+
+int
+points_extents (struct point *p, nbdkit_next *next, nbdkit_next *changes,
+                uint32_t count, uint64_t offset, uint32_t flags,
+                struct nbdkit_extents *extents, int *err)
+{
+  const uint64_t end = offset + count;
+  struct nbdkit_extents *fe = NULL, *ce = NULL;
+  size_t fi = 0, ci = 0;
+  uint64_t pos = offset;
+  int r = -1;
+
+  if (point_failed (p))
+    return aborted (p, err);
+  if (changes &&
+      (ce = nbdkit_extents_full (changes, count, offset, 0, err)) == NULL)
+    goto out;
+  /* The disk below first, the saved bits after: a block not saved once
+   * the query is done was not overwritten before it either.
+   */
+  if ((fe = nbdkit_extents_full (next, count, offset, 0, err)) == NULL)
+    goto out;
+
+  while (pos < end) {
+    uint64_t b = geom_block (&P.g, pos);
+    struct nbdkit_extent f = extent_at (fe, &fi, pos);
+    uint64_t seg_end = min64 (end, min64 (f.offset + f.length,
+                                          geom_offset (&P.g, b + 1)));
+    uint32_t type;
+
+    if (ce) {
+      struct nbdkit_extent c = extent_at (ce, &ci, pos);
+      seg_end = min64 (seg_end, c.offset + c.length);
+      if (c.type == NBDKIT_EXTENT_HOLE) {
+        type = NBDKIT_EXTENT_HOLE;      /* unchanged since BASE */
+        goto add;
+      }
+    }
+    if (bitset_get_atomic (&p->saved, b))
+      type = 0;
+    else if (ce)
+      type = (f.type & NBDKIT_EXTENT_ZERO) ? NBDKIT_EXTENT_ZERO : 0;
+    else
+      type = f.type;
+  add:
+    if (seg_end <= pos)
+      seg_end = min64 (end, pos + 1);   /* defensive: always progress */
+    if (nbdkit_add_extent (extents, pos, seg_end - pos, type) == -1) {
+      *err = errno;
+      goto out;
+    }
+    pos = seg_end;
+    if ((flags & NBDKIT_FLAG_REQ_ONE) && pos > offset)
+      break;
+  }
+  r = 0;
+  if (point_failed (p))
+    r = aborted (p, err);
+ out:
+  if (fe) nbdkit_extents_free (fe);
+  if (ce) nbdkit_extents_free (ce);
+  return r;
+}
