@@ -16,9 +16,12 @@ TESTS = \
 	tests/test-cbt-shrink.sh \
 	tests/test-cbt-snapshot.sh \
 	tests/test-cbt-unaligned.sh \
+	tests/test-faultinject-self.sh \
 	tests/test-filters-valgrind.sh \
+	tests/test-freeze-abort-scratch.sh \
 	tests/test-freeze-bad.sh \
 	tests/test-freeze-concurrent.sh \
+	tests/test-freeze-end-after-close.sh \
 	tests/test-freeze-end-open-view.sh \
 	tests/test-freeze-nocbt.sh \
 	tests/test-freeze-revert.sh \

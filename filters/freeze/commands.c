@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -197,6 +198,22 @@ points_cmd_begin (struct command *c, const char *name,
   return 0;
 }
 
+/* Seconds end waits for the views of a point to close. */
+#define END_WAIT 3
+
+/* Wait (P.lock held) up to END_WAIT seconds until p has no open view. */
+static void
+wait_views_closed (struct point *p)
+{
+  struct timespec until;
+
+  clock_gettime (CLOCK_REALTIME, &until);
+  until.tv_sec += END_WAIT;
+  while (p->refs > 1)
+    if (pthread_cond_timedwait (&P.unref, &P.lock, &until) != 0)
+      break;
+}
+
 int
 points_cmd_end (struct command *c, const char *name)
 {
@@ -217,11 +234,20 @@ points_cmd_end (struct command *c, const char *name)
     memmove (&P.pts[i], &P.pts[i + 1], (P.npts - i - 1) * sizeof *P.pts);
     __atomic_store_n (&P.npts, P.npts - 1, __ATOMIC_RELEASE);
   }
+  /* A client that has just closed its view may not be closed on this
+   * side yet: give views that are going away a moment to go.
+   */
+  wait_views_closed (p);
   jb_printf (&c->body, ",\"point\":");
   json_point (&c->body, p);
-  if (p->refs > 1)
-    /* Views still open would now see later writes: make them fail. */
+  if (p->refs > 1) {
+    /* Views still open would now see later writes: make them fail.  No
+     * writer can save into p any more (it is out of the list), so its
+     * scratch space goes at once.
+     */
     point_fail (p, "the backup was ended while this view was open", 0);
+    point_release_scratch (p);
+  }
   point_unref (p);
   return 0;
 }

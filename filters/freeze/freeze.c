@@ -88,7 +88,18 @@ freeze_config_complete (nbdkit_next_config_complete *next,
 static int
 freeze_get_ready (int thread_model)
 {
-  return points_start (&cfg, backend);
+  return points_start (&cfg);
+}
+
+/* The disk below is probed here, not in .get_ready: nbdkit makes the
+ * backend usable from .after_fork (before it, a filter below that
+ * sleeps aborts nbdkit, and in daemon mode the probe would run in the
+ * parent process).
+ */
+static int
+freeze_after_fork (nbdkit_backend *b)
+{
+  return points_probe (b);
 }
 
 static void
@@ -261,18 +272,38 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   return NULL;
 }
 
+/* Release what a view holds. */
 static void
-freeze_close (void *handle)
+release_view (struct handle *h)
 {
-  struct handle *h = handle;
-
   if (h->changes) {
     h->changes->finalize (h->changes);
     nbdkit_next_context_close (h->changes);
+    h->changes = NULL;
   }
-  if (h->point)
+  if (h->point) {
     points_put (h->point);
-  fh_close (h);
+    h->point = NULL;
+  }
+}
+
+/* nbdkit calls .finalize before it closes the client's socket, .close
+ * after: a client that waits for the server to close (libnbd's
+ * nbd_shutdown does) must find its view released, or its next
+ * @freeze:end would count the view as still open.
+ */
+static int
+freeze_finalize (nbdkit_next *next, void *handle)
+{
+  release_view (handle);
+  return 0;
+}
+
+static void
+freeze_close (void *handle)
+{
+  release_view (handle);
+  fh_close (handle);
 }
 
 static int
@@ -370,11 +401,13 @@ static struct nbdkit_filter filter = {
   .config_help        = freeze_config_help,
   .thread_model       = fh_thread_model,
   .get_ready          = freeze_get_ready,
+  .after_fork         = freeze_after_fork,
   .cleanup            = freeze_cleanup,
   .list_exports       = freeze_list_exports,
   .open               = freeze_open,
   .close              = freeze_close,
   .prepare            = freeze_prepare,
+  .finalize           = freeze_finalize,
   FH_PASSTHRU_CALLBACKS,
   .pread              = freeze_pread,
   .pwrite             = freeze_pwrite,

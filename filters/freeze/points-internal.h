@@ -30,6 +30,7 @@ struct point {
   uint64_t used;                /* scratch bytes (atomic) */
   bool failing;                 /* atomic: fail_point claimed it */
   bool failed;                  /* atomic: aborted (failure is set) */
+  bool released;                /* its scratch space was given back */
   char failure[256];
   unsigned refs;                /* list + open views (P.lock) */
 };
@@ -41,6 +42,7 @@ struct points {
   struct geom g;
 
   pthread_mutex_t lock;         /* commands, refs */
+  pthread_cond_t unref;         /* signalled when a reference is dropped */
   pthread_rwlock_t rw;          /* the list (writers save under rdlock) */
   struct point **pts;
   size_t npts;                  /* atomic for the fast path */
@@ -60,10 +62,17 @@ void point_free (struct point *p) __attribute__ ((nonnull (1)));
 void point_unref (struct point *p) __attribute__ ((nonnull (1)));
 
 /* Abort p: the live disk goes on, p's views fail from now on.  e: the
- * errno behind it (0: none).
+ * errno behind it (0: none).  Its scratch space is given back later by
+ * point_release_scratch, once no writer can be writing to it.
  */
 void point_fail (struct point *p, const char *what, int e)
   __attribute__ ((nonnull (1, 2)));
+
+/* Give back the scratch space of p if it was aborted.  No writer may be
+ * saving into p: call it with P.rw held for writing, or for a point no
+ * longer in the list.
+ */
+void point_release_scratch (struct point *p) __attribute__ ((nonnull (1)));
 
 /* Is p aborted? */
 static inline bool

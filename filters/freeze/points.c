@@ -17,6 +17,7 @@
 struct points P = {
   .dirfd = -1,
   .lock = PTHREAD_MUTEX_INITIALIZER,
+  .unref = PTHREAD_COND_INITIALIZER,
   .rw = PTHREAD_RWLOCK_INITIALIZER,
   .gate = GATE_INIT,
 };
@@ -24,9 +25,8 @@ struct points P = {
 uint32_t points_block_size (void) { return P.g.block_size; }
 
 int
-points_start (const struct freeze_config *cfg, nbdkit_backend *backend)
+points_start (const struct freeze_config *cfg)
 {
-  int64_t size;
   int fd;
 
   stripes_init (&P.stripes);
@@ -49,10 +49,18 @@ points_start (const struct freeze_config *cfg, nbdkit_backend *backend)
     return -1;
   }
   close (fd);
-  size = disk_below_size (backend, "freeze");
+  P.g.block_size = cfg->block_size;
+  return 0;
+}
+
+int
+points_probe (nbdkit_backend *backend)
+{
+  int64_t size = disk_below_size (backend, "freeze");
+
   if (size == -1)
     return -1;
-  geom_init (&P.g, size, cfg->block_size);
+  geom_init (&P.g, size, P.g.block_size);
   return 0;
 }
 
@@ -70,6 +78,7 @@ point_unref (struct point *p)
 {
   if (--p->refs == 0)
     point_free (p);
+  pthread_cond_broadcast (&P.unref);
 }
 
 void
@@ -117,10 +126,20 @@ point_fail (struct point *p, const char *what, int e)
     snprintf (p->failure, sizeof p->failure, "%s", what);
   __atomic_store_n (&p->failed, true, __ATOMIC_RELEASE);
   nbdkit_error ("freeze: backup '%s' aborted: %s", p->name, p->failure);
-  /* Give the scratch space back. */
+}
+
+void
+point_release_scratch (struct point *p)
+{
+  if (!point_failed (p) || p->released)
+    return;
+  /* Truncating while a writer still saved into the file would let it
+   * grow back: hence the callers' guarantee that none can.
+   */
   if (ftruncate (p->fd, 0) == -1)
     nbdkit_debug ("freeze: ftruncate scratch: %m");
   __atomic_store_n (&p->used, 0, __ATOMIC_RELAXED);
+  p->released = true;
 }
 
 struct point *

@@ -24,8 +24,13 @@ struct freeze_config {
 
 struct point;
 
-/* Open freeze-dir and learn the disk size below.  -1 after nbdkit_error. */
-int points_start (const struct freeze_config *cfg, nbdkit_backend *backend);
+/* Open and check freeze-dir (.get_ready).  -1 after nbdkit_error. */
+int points_start (const struct freeze_config *cfg)
+  __attribute__ ((nonnull (1)));
+/* Learn the size of the disk below (.after_fork: nbdkit allows the
+ * backend to be used from there on).  -1 after nbdkit_error.
+ */
+int points_probe (nbdkit_backend *backend) __attribute__ ((nonnull (1)));
 /* Drop every point. */
 void points_stop (void);
 /* The copy-before-write block size. */

@@ -22,10 +22,10 @@ void points_leave (void) { gate_leave (&P.gate); }
 
 /* Save block b (read into buf through next if any point needs it) into
  * every point lacking it (stripe lock of b and P.rw held).  buf is
- * allocated on first need.
+ * allocated on first need.  Sets *failed if it aborted a point.
  */
 static void
-save_block (nbdkit_next *next, uint64_t b, char **buf)
+save_block (nbdkit_next *next, uint64_t b, char **buf, bool *failed)
 {
   uint64_t bl = geom_block_len (&P.g, b);
   bool need = false, have = false;
@@ -47,17 +47,23 @@ save_block (nbdkit_next *next, uint64_t b, char **buf)
 
     if (point_failed (p) || bitset_get_atomic (&p->saved, b))
       continue;
-    if (!have)
+    if (!have) {
       point_fail (p, "cannot read the disk below to save a block",
                   *buf ? err : ENOMEM);
+      *failed = true;
+    }
     else if (P.max_size &&
              __atomic_add_fetch (&p->used, bl, __ATOMIC_RELAXED)
-             > P.max_size)
+             > P.max_size) {
       /* Reserve first, so parallel writers cannot overshoot. */
       point_fail (p, "scratch space reached freeze-max-size", ENOSPC);
-    else if (pwrite_full (p->fd, *buf, bl, geom_offset (&P.g, b)) == -1)
+      *failed = true;
+    }
+    else if (pwrite_full (p->fd, *buf, bl, geom_offset (&P.g, b)) == -1) {
       point_fail (p, "cannot write scratch space in freeze-dir",
                   errno ? errno : ENOSPC);
+      *failed = true;
+    }
     else {
       if (!P.max_size)
         __atomic_add_fetch (&p->used, bl, __ATOMIC_RELAXED);
@@ -71,6 +77,7 @@ points_save (nbdkit_next *next, uint64_t offset, uint64_t count)
 {
   uint64_t b, b1;
   char *buf = NULL;
+  bool failed = false;
 
   if (count == 0 || !points_any ())
     return;                     /* no backup open: nothing to do */
@@ -78,9 +85,20 @@ points_save (nbdkit_next *next, uint64_t offset, uint64_t count)
     ACQUIRE_RDLOCK_FOR_CURRENT_SCOPE (&P.rw);
     b1 = geom_block (&P.g, offset + count - 1);
     for (b = geom_block (&P.g, offset); b <= b1; ++b) {
+      bool f = false;
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe_of (&P.stripes, b));
-      save_block (next, b, &buf);
+      save_block (next, b, &buf, &f);
+      failed |= f;
     }
   }
   free (buf);
+  if (failed) {
+    /* With the list held for writing no writer is saving: the scratch
+     * space of the points aborted above can be given back for good.
+     */
+    size_t i;
+    ACQUIRE_WRLOCK_FOR_CURRENT_SCOPE (&P.rw);
+    for (i = 0; i < P.npts; ++i)
+      point_release_scratch (P.pts[i]);
+  }
 }
