@@ -8,28 +8,32 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "binhdr.h"
 #include "layer.h"
+#include "lockscope.h"
 #include "statefile.h"
 
-/* Map file: header of MAP_HDR bytes, then the 2-bit state words (LE). */
+/* Map file: the binhdr header, then the 2-bit state words (LE). */
 #define MAP_MAGIC "NBDSNAPM"
 #define MAP_VERSION 1
-#define MAP_HDR 80
 
+/* The name of layer id's data file. */
 void
 layer_data_name (uint64_t id, char *buf, size_t len)
 {
   snprintf (buf, len, "layer-%" PRIu64 ".data", id);
 }
 
+/* The name of layer id's map file. */
 void
 layer_map_name (uint64_t id, char *buf, size_t len)
 {
   snprintf (buf, len, "layer-%" PRIu64 ".map", id);
 }
 
+/* Allocate a layer and open (create if create) its data file. */
 struct layer *
-layer_open (int dirfd, uint64_t id, const struct layer_geom *g, bool create,
+layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
             char *why, size_t whylen)
 {
   struct layer *l;
@@ -63,14 +67,15 @@ layer_open (int dirfd, uint64_t id, const struct layer_geom *g, bool create,
   return l;
 }
 
+/* Load the map file into l->st, validating it against g. */
 int
-layer_load_map (int dirfd, struct layer *l, const struct layer_geom *g,
+layer_load_map (int dirfd, struct layer *l, const struct geom *g,
                 char *why, size_t whylen)
 {
   char name[64];
   char *buf = NULL;
   size_t len, i, payload = l->st.nwords * 8;
-  uint8_t sum[SHA256_LEN];
+  struct binhdr h;
   const uint8_t *p;
 
   layer_map_name (l->id, name, sizeof name);
@@ -79,37 +84,22 @@ layer_load_map (int dirfd, struct layer *l, const struct layer_geom *g,
     return -1;
   }
   p = (const uint8_t *) buf;
-  if (len < MAP_HDR || memcmp (p, MAP_MAGIC, 8) != 0) {
-    snprintf (why, whylen, "%s: not an nbdsnap layer map (bad magic)", name);
+  if (binhdr_check ((uint8_t *) buf, len, MAP_MAGIC, MAP_VERSION, false, name,
+                    "layer map", &h, NULL, why, whylen) == -1)
     goto err;
-  }
-  if (get_le32 (p + 8) != MAP_VERSION) {
-    snprintf (why, whylen, "%s: unsupported map version %u", name,
-              get_le32 (p + 8));
-    goto err;
-  }
-  if (len != MAP_HDR + payload || get_le64 (p + 40) != payload) {
+  if (h.payload_len != payload) {
     snprintf (why, whylen, "%s: truncated or wrong length (%zu bytes, "
-              "expected %zu)", name, len, MAP_HDR + payload);
+              "expected %zu)", name, len, BINHDR_SIZE + payload);
     goto err;
   }
-  memcpy (sum, p + 48, SHA256_LEN);
-  memset ((uint8_t *) p + 48, 0, SHA256_LEN);
-  {
-    uint8_t calc[SHA256_LEN];
-    if (sha256_buf (p, len, calc) == -1 || memcmp (calc, sum, SHA256_LEN)) {
-      snprintf (why, whylen, "%s: checksum mismatch (file is corrupt)", name);
-      goto err;
-    }
-  }
-  if (get_le32 (p + 12) != g->block_size || get_le64 (p + 16) != l->id ||
-      get_le64 (p + 24) != g->nblocks || get_le64 (p + 32) != g->disk_size) {
+  if (h.block_size != g->block_size || h.id != l->id ||
+      h.nblocks != g->nblocks || h.disk_size != g->disk_size) {
     snprintf (why, whylen, "%s: belongs to another layer or disk geometry",
               name);
     goto err;
   }
   for (i = 0; i < l->st.nwords; ++i) {
-    uint64_t w = get_le64 (p + MAP_HDR + 8 * i);
+    uint64_t w = get_le64 (p + BINHDR_SIZE + 8 * i);
     /* State 3 is not defined; bits past the last block must be clear. */
     if ((w & (w >> 1) & UINT64_C (0x5555555555555555)) ||
         (i == l->st.nwords - 1 && (g->nblocks & 31) &&
@@ -129,54 +119,59 @@ layer_load_map (int dirfd, struct layer *l, const struct layer_geom *g,
   return -1;
 }
 
-int
-layer_save (int dirfd, struct layer *l, const struct layer_geom *g,
-            bool force)
+/* Write the map of l: its states as they are now, after syncing its
+ * data.  -1 and errno.
+ */
+static int
+write_map (int dirfd, struct layer *l, const struct geom *g)
 {
+  struct binhdr hdr = {
+    .version = MAP_VERSION, .block_size = g->block_size, .id = l->id,
+    .nblocks = g->nblocks, .disk_size = g->disk_size,
+    .payload_len = l->st.nwords * 8,
+  };
   char name[64];
-  size_t i, len = MAP_HDR + l->st.nwords * 8;
-  uint8_t *buf = NULL;
-  uint64_t gen;
+  size_t i, len = BINHDR_SIZE + hdr.payload_len;
+  uint8_t *buf;
   int r = -1;
 
-  pthread_mutex_lock (&l->save_lock);
-  gen = __atomic_load_n (&l->gen, __ATOMIC_ACQUIRE);
-  if (!force && gen == l->saved_gen) {
-    /* The map on disk is current; only the data may need syncing. */
-    r = fdatasync (l->fd);
-    goto out;
-  }
   /* Copy the states BEFORE syncing the data: a block marked after the
    * copy is not in this map, a block marked before it had its bytes
    * written before it was marked, so the fdatasync below covers them.
    */
   buf = calloc (1, len);
   if (buf == NULL)
-    goto out;
-  memcpy (buf, MAP_MAGIC, 8);
-  put_le32 (buf + 8, MAP_VERSION);
-  put_le32 (buf + 12, g->block_size);
-  put_le64 (buf + 16, l->id);
-  put_le64 (buf + 24, g->nblocks);
-  put_le64 (buf + 32, g->disk_size);
-  put_le64 (buf + 40, l->st.nwords * 8);
+    return -1;
+  memcpy (hdr.magic, MAP_MAGIC, 8);
+  binhdr_put (buf, &hdr);
   for (i = 0; i < l->st.nwords; ++i)
-    put_le64 (buf + MAP_HDR + 8 * i,
+    put_le64 (buf + BINHDR_SIZE + 8 * i,
               __atomic_load_n (&l->st.words[i], __ATOMIC_ACQUIRE));
-  if (fdatasync (l->fd) == -1)
-    goto out;
-  if (sha256_buf (buf, len, buf + 48) == -1)
-    goto out;
-  layer_map_name (l->id, name, sizeof name);
-  r = statefile_write (dirfd, name, buf, len);
-  if (r == 0)
-    l->saved_gen = gen;
- out:
+  if (fdatasync (l->fd) == 0 && binhdr_seal (buf, len) == 0) {
+    layer_map_name (l->id, name, sizeof name);
+    r = statefile_write (dirfd, name, buf, len);
+  }
   free (buf);
-  pthread_mutex_unlock (&l->save_lock);
   return r;
 }
 
+/* Make the layer durable (data, then the map if it changed or force). */
+int
+layer_save (int dirfd, struct layer *l, const struct geom *g, bool force)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&l->save_lock);
+  uint64_t gen = __atomic_load_n (&l->gen, __ATOMIC_ACQUIRE);
+
+  if (!force && gen == l->saved_gen)
+    /* The map on disk is current; only the data may need syncing. */
+    return fdatasync (l->fd);
+  if (write_map (dirfd, l, g) == -1)
+    return -1;
+  l->saved_gen = gen;
+  return 0;
+}
+
+/* Remove a layer's files (data, map). */
 void
 layer_unlink (int dirfd, uint64_t id)
 {
@@ -195,6 +190,7 @@ static pthread_mutex_t bg_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t bg_done = PTHREAD_COND_INITIALIZER;
 static unsigned bg_running;
 
+/* Thread of layer_free_background. */
 static void *
 free_thread (void *l)
 {
@@ -206,6 +202,7 @@ free_thread (void *l)
   return NULL;
 }
 
+/* Free a layer in a detached thread. */
 void
 layer_free_background (struct layer *l)
 {
@@ -222,6 +219,7 @@ layer_free_background (struct layer *l)
   pthread_attr_destroy (&a);
 }
 
+/* Wait until every background free has finished. */
 void
 layer_wait_background (void)
 {
@@ -231,6 +229,7 @@ layer_wait_background (void)
   pthread_mutex_unlock (&bg_lock);
 }
 
+/* Close the data file and free the layer. */
 void
 layer_free (struct layer *l)
 {

@@ -15,6 +15,7 @@
 
 #include "bitmap.h"
 #include "exportname.h"
+#include "geom.h"
 
 struct layer {
   uint64_t id;                  /* persistent, never reused */
@@ -34,26 +35,20 @@ struct layer {
   unsigned refs;                /* table + open views (store lock) */
 };
 
-struct layer_geom {
-  uint32_t block_size;
-  uint64_t disk_size;
-  uint64_t nblocks;
-};
-
 /* Allocate a layer and open (create if create) its data file. */
-struct layer *layer_open (int dirfd, uint64_t id, const struct layer_geom *g,
+struct layer *layer_open (int dirfd, uint64_t id, const struct geom *g,
                           bool create, char *why, size_t whylen)
   __attribute__ ((nonnull (3, 5)));
 
 /* Load the map file into l->st, validating it against g.  -1 with why. */
-int layer_load_map (int dirfd, struct layer *l, const struct layer_geom *g,
+int layer_load_map (int dirfd, struct layer *l, const struct geom *g,
                     char *why, size_t whylen)
   __attribute__ ((nonnull (2, 3, 4)));
 
 /* Make the layer durable: fdatasync its data, then (if it changed since
  * the last save, or force) write its map atomically.  -1 and errno.
  */
-int layer_save (int dirfd, struct layer *l, const struct layer_geom *g,
+int layer_save (int dirfd, struct layer *l, const struct geom *g,
                 bool force)
   __attribute__ ((nonnull (2, 3)));
 

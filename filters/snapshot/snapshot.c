@@ -36,6 +36,7 @@ static struct store_config cfg;
 static unsigned policy = POLICY_DEFAULT;
 static nbdkit_backend *backend;
 
+/* Take our parameters; pass the others down. */
 static int
 snapshot_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                  const char *key, const char *value)
@@ -61,6 +62,7 @@ snapshot_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   return next (nxdata, key, value);
 }
 
+/* Check that snapshot-dir was given. */
 static int
 snapshot_config_complete (nbdkit_next_config_complete *next,
                           nbdkit_backend *nxdata)
@@ -79,6 +81,7 @@ snapshot_config_complete (nbdkit_next_config_complete *next,
   "snapshot-commands=WHO     none|unix|tls|unix,tls|any (default unix,tls).\n" \
   "snapshot-revert-on-close=NAME  Revert to NAME when the last client leaves."
 
+/* Free the configuration, once background layer frees have ended. */
 static void
 snapshot_unload (void)
 {
@@ -87,24 +90,28 @@ snapshot_unload (void)
   free ((char *) cfg.revert_on_close);
 }
 
+/* Start the store (before forking into the background). */
 static int
 snapshot_get_ready (int thread_model)
 {
   return store_start (&cfg, backend);
 }
 
+/* Resume interrupted deletes (threads must start after the fork). */
 static int
 snapshot_after_fork (nbdkit_backend *b)
 {
   return store_after_fork ();
 }
 
+/* Stop the store. */
 static void
 snapshot_cleanup (nbdkit_backend *b)
 {
   store_stop ();
 }
 
+/* List the live disk and a view of each snapshot. */
 static int
 snapshot_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
                        int readonly, int is_tls,
@@ -122,22 +129,20 @@ perform (struct command *c, const struct export_name *en, void *opaque)
   const char *v = en->verb;
 
   if (strcmp (v, "list") == 0 && en->nargs == 0)
-    return store_cmd_list (&c->body);
+    return store_cmd_list (c);
   if (strcmp (v, "create") == 0 && en->nargs == 1)
-    return store_cmd_create (en->args[0], &c->body, &c->ename, c->why,
-                             sizeof c->why);
+    return store_cmd_create (c, en->args[0]);
   if (strcmp (v, "delete") == 0 && en->nargs == 1)
-    return store_cmd_delete (en->args[0], &c->body, &c->ename, c->why,
-                             sizeof c->why);
+    return store_cmd_delete (c, en->args[0]);
   if (strcmp (v, "revert") == 0 &&
       (en->nargs == 1 ||
        (en->nargs == 2 && strcmp (en->args[1], "force") == 0)))
-    return store_cmd_revert (en->args[0], en->nargs == 2, &c->body,
-                             &c->ename, c->why, sizeof c->why);
+    return store_cmd_revert (c, en->args[0], en->nargs == 2);
   command_bad_args (c, "nbdkit-snapshot-filter(1)");
   return -1;
 }
 
+/* Open a LIVE, VIEW, COMMAND or PASS handle according to the export name. */
 static void *
 snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
                int readonly, const char *exportname, int is_tls)
@@ -145,7 +150,6 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   struct handle *h;
   struct export_name en;
   char why[512];
-  const char *ename;
 
   h = calloc (1, sizeof *h);
   if (h == NULL) {
@@ -179,8 +183,7 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
 
   case EXPORT_VIEW:
     h->fh.kind = VIEW;
-    if (store_view_open (&h->view, en.args[0], NULL, &ename, why,
-                         sizeof why) == -1) {
+    if (store_view_open (&h->view, en.args[0], NULL, why, sizeof why) == -1) {
       nbdkit_error ("snapshot: %s: %s", exportname, why);
       goto err;
     }
@@ -201,7 +204,7 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
       }
       h->fh.kind = VIEW;
       if (store_view_open (&h->view, en.nargs == 2 ? en.args[1] : NULL,
-                           en.args[0], &ename, why, sizeof why) == -1) {
+                           en.args[0], why, sizeof why) == -1) {
         nbdkit_error ("snapshot: %s: %s", exportname, why);
         goto err;
       }
@@ -228,6 +231,7 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   return NULL;
 }
 
+/* Close a handle: uncount a live connection, release a view. */
 static void
 snapshot_close (void *handle)
 {
@@ -240,6 +244,7 @@ snapshot_close (void *handle)
   fh_close (h);
 }
 
+/* Check the disk below (or, for PASS, that a filter below took the name). */
 static int
 snapshot_prepare (nbdkit_next *next, void *handle, int readonly)
 {
@@ -259,6 +264,7 @@ snapshot_prepare (nbdkit_next *next, void *handle, int readonly)
   return 0;
 }
 
+/* Size: the disk's for LIVE and VIEW, the result's for COMMAND. */
 static int64_t
 snapshot_get_size (nbdkit_next *next, void *handle)
 {
@@ -269,6 +275,7 @@ snapshot_get_size (nbdkit_next *next, void *handle)
   return fh_get_size (next, handle);
 }
 
+/* Block size constraints: any alignment, the layers' block preferred. */
 static int
 snapshot_block_size (nbdkit_next *next, void *handle,
                      uint32_t *minimum, uint32_t *preferred,
@@ -297,6 +304,7 @@ snapshot_live (nbdkit_next *next, void *handle)
   return h->fh.kind == LIVE;
 }
 
+/* True for LIVE and VIEW handles. */
 static int
 snapshot_live_or_view (nbdkit_next *next, void *handle)
 {
@@ -304,12 +312,14 @@ snapshot_live_or_view (nbdkit_next *next, void *handle)
   return h->fh.kind == LIVE || h->fh.kind == VIEW;
 }
 
+/* Never rotational (layers are sparse files). */
 static int
 snapshot_is_rotational (nbdkit_next *next, void *handle)
 {
   return 0;
 }
 
+/* Only the live disk can be zeroed, natively. */
 static int
 snapshot_can_zero (nbdkit_next *next, void *handle)
 {
@@ -317,6 +327,7 @@ snapshot_can_zero (nbdkit_next *next, void *handle)
   return h->fh.kind == LIVE ? NBDKIT_ZERO_NATIVE : NBDKIT_ZERO_NONE;
 }
 
+/* Only the live disk takes FUA, natively. */
 static int
 snapshot_can_fua (nbdkit_next *next, void *handle)
 {
@@ -324,12 +335,14 @@ snapshot_can_fua (nbdkit_next *next, void *handle)
   return h->fh.kind == LIVE ? NBDKIT_FUA_NATIVE : NBDKIT_FUA_NONE;
 }
 
+/* No cache requests. */
 static int
 snapshot_can_cache (nbdkit_next *next, void *handle)
 {
   return NBDKIT_CACHE_NONE;
 }
 
+/* Read: through the store for LIVE and VIEW. */
 static int
 snapshot_pread (nbdkit_next *next, void *handle, void *buf,
                 uint32_t count, uint64_t offset, uint32_t flags, int *err)
@@ -341,6 +354,7 @@ snapshot_pread (nbdkit_next *next, void *handle, void *buf,
   return fh_pread (next, handle, buf, count, offset, flags, err);
 }
 
+/* Write: only the live disk. */
 static int
 snapshot_pwrite (nbdkit_next *next, void *handle, const void *buf,
                  uint32_t count, uint64_t offset, uint32_t flags, int *err)
@@ -355,6 +369,7 @@ snapshot_pwrite (nbdkit_next *next, void *handle, const void *buf,
                        err);
 }
 
+/* Zero: only the live disk. */
 static int
 snapshot_zero (nbdkit_next *next, void *handle, uint32_t count,
                uint64_t offset, uint32_t flags, int *err)
@@ -368,6 +383,7 @@ snapshot_zero (nbdkit_next *next, void *handle, uint32_t count,
   return store_zero (next, count, offset, flags & NBDKIT_FLAG_FUA, err);
 }
 
+/* Trim: as zero. */
 static int
 snapshot_trim (nbdkit_next *next, void *handle, uint32_t count,
                uint64_t offset, uint32_t flags, int *err)
@@ -376,6 +392,7 @@ snapshot_trim (nbdkit_next *next, void *handle, uint32_t count,
   return snapshot_zero (next, handle, count, offset, flags, err);
 }
 
+/* Flush: the live disk's layer (others have nothing to flush). */
 static int
 snapshot_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
@@ -386,6 +403,7 @@ snapshot_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
   return store_flush (err);
 }
 
+/* Extents: through the store for LIVE and VIEW. */
 static int
 snapshot_extents (nbdkit_next *next, void *handle, uint32_t count,
                   uint64_t offset, uint32_t flags,

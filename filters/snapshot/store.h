@@ -4,6 +4,9 @@
  * tree of layers in snapshot-dir, the owner map of the live disk (for
  * each block: the slot of the layer that holds it, 0 for the plugin) and
  * the gate that quiesces I/O for commands.
+ *
+ * This is the store's interface for snapshot.c; store-internal.h lists
+ * the files that implement it.
  */
 #ifndef NBDSNAP_SNAPSHOT_STORE_H
 #define NBDSNAP_SNAPSHOT_STORE_H
@@ -14,7 +17,7 @@
 #include <nbdkit-filter.h>
 
 #include "bitmap.h"
-#include "json.h"
+#include "command.h"
 #include "layer.h"
 
 struct store_config {
@@ -42,6 +45,7 @@ int store_after_fork (void);
 /* Flush and release everything (clean shutdown). */
 void store_stop (void);
 
+/* Size of the disk; block size of the layers (once started). */
 uint64_t store_size (void);
 uint32_t store_block_size (void);
 
@@ -53,11 +57,13 @@ void store_live_close (bool writable);
 
 /* Open a read-only view of snapshot name (base: change map since base,
  * may be NULL; name NULL with base: the live disk's change map).
- * -1 with errno name in *err_name and message in why.
+ * -1 with a message in why.
  */
 int store_view_open (struct view *v, const char *name, const char *base,
-                     const char **err_name, char *why, size_t whylen);
-void store_view_close (struct view *v);
+                     char *why, size_t whylen)
+  __attribute__ ((nonnull (1, 4)));
+/* Release what a view holds. */
+void store_view_close (struct view *v) __attribute__ ((nonnull (1)));
 
 /* Data path (live or view).  Return -1 and set *err on error. */
 int store_pread (struct view *v, nbdkit_next *next, void *buf,
@@ -71,16 +77,20 @@ int store_extents (struct view *v, nbdkit_next *next, uint32_t count,
                    uint64_t offset, uint32_t flags,
                    struct nbdkit_extents *extents, int *err);
 
-/* Commands: append result members to j (after "ok":...).  Return 0 on
- * success, or -1 with *err_name (e.g. "ENOENT") and a message in why.
+/* Commands: append result members to c->body (after "ok":...).  Return
+ * 0 on success, or -1 after command_fail (c, ...).
  */
-int store_cmd_create (const char *name, struct jbuf *j,
-                      const char **err_name, char *why, size_t whylen);
-int store_cmd_list (struct jbuf *j);
-int store_cmd_revert (const char *name, bool force, struct jbuf *j,
-                      const char **err_name, char *why, size_t whylen);
-int store_cmd_delete (const char *name, struct jbuf *j,
-                      const char **err_name, char *why, size_t whylen);
+/* @snapshot:create/NAME: freeze the live disk as snapshot name. */
+int store_cmd_create (struct command *c, const char *name)
+  __attribute__ ((nonnull (1, 2)));
+/* @snapshot:list: the snapshots and the live disk. */
+int store_cmd_list (struct command *c) __attribute__ ((nonnull (1)));
+/* @snapshot:revert/NAME[/force]: make the live disk snapshot name again. */
+int store_cmd_revert (struct command *c, const char *name, bool force)
+  __attribute__ ((nonnull (1, 2)));
+/* @snapshot:delete/NAME: delete a snapshot (merged in the background). */
+int store_cmd_delete (struct command *c, const char *name)
+  __attribute__ ((nonnull (1, 2)));
 
 /* Names of the snapshots (for list_exports); calls fn for each. */
 void store_foreach_snapshot (void (*fn) (const char *name, void *opaque),

@@ -1,0 +1,256 @@
+/* nbdsnap snapshot filter: the commands create, list, revert, delete.
+ *
+ * Each runs under the store lock; those that change the live chain hold
+ * the gate for their O(1) switch, and commit it by writing the state
+ * file (docs/snapshot-format.md, section 9).  Results are JSON members
+ * appended to the command's body.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <nbdkit-filter.h>
+
+#include "lockscope.h"
+#include "store-internal.h"
+
+/* Append the JSON object describing snapshot l. */
+static void
+json_snapshot (struct jbuf *j, struct layer *l)
+{
+  jb_printf (j, "{\"name\":");
+  jb_str (j, l->name);
+  jb_printf (j, ",\"parent\":");
+  jb_str (j, l->parent ? l->parent->name : NULL);
+  jb_printf (j, ",\"created\":");
+  jb_time (j, l->created);
+  jb_printf (j, ",\"bytes\":%" PRIu64 ",\"merging\":%s}",
+             __atomic_load_n (&l->held, __ATOMIC_RELAXED) * S.g.block_size,
+             l->deleting ? "true" : "false");
+}
+
+/* Fail c with EINVAL unless name is a valid snapshot name. */
+static int
+check_name (struct command *c, const char *name)
+{
+  char why[256];
+
+  if (!name_valid (name, why, sizeof why))
+    return command_fail (c, "EINVAL", "%s", why);
+  return 0;
+}
+
+/* Freeze the live disk as snapshot name (store lock held): the active
+ * layer becomes the snapshot, a new empty layer on top of it the live
+ * disk.
+ */
+static int
+create_locked (struct command *c, const char *name)
+{
+  struct layer *old, *n;
+  char why[256];
+  int e;
+
+  if (find_snapshot (name))
+    return command_fail (c, "EEXIST", "snapshot '%s' already exists", name);
+
+  gate_hold (&S.gate);
+  old = S.active;
+  if (layer_save (S.dirfd, old, &S.g, true) == -1) {
+    e = errno;
+    gate_release (&S.gate);
+    return command_fail (c, command_errno_name (e),
+                         "cannot make the live disk durable: %s",
+                         strerror (e));
+  }
+  n = new_layer (old, why, sizeof why);
+  if (n == NULL) {
+    gate_release (&S.gate);
+    return command_fail (c, "ENOSPC", "%s", why);
+  }
+  old->active = false;
+  snprintf (old->name, sizeof old->name, "%s", name);
+  old->created = time (NULL);
+  n->active = true;
+  S.active = n;
+  if (save_state () == -1) {
+    e = errno;
+    S.active = old;
+    old->active = true;
+    old->name[0] = '\0';
+    drop_new_layer (n);
+    gate_release (&S.gate);
+    return command_fail (c, command_errno_name (e),
+                         "cannot write the state file: %s", strerror (e));
+  }
+  gate_release (&S.gate);
+  nbdkit_debug ("snapshot: created '%s' (layer %" PRIu64 ")", name, old->id);
+  jb_printf (&c->body, ",\"snapshot\":");
+  json_snapshot (&c->body, old);
+  return 0;
+}
+
+/* @snapshot:create/NAME */
+int
+store_cmd_create (struct command *c, const char *name)
+{
+  if (check_name (c, name) == -1)
+    return -1;
+
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&S.lock);
+  return create_locked (c, name);
+}
+
+/* @snapshot:list */
+int
+store_cmd_list (struct command *c)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&S.lock);
+  struct jbuf *j = &c->body;
+  uint64_t last = 0;
+  size_t i;
+  bool first = true;
+
+  jb_printf (j, ",\"block_size\":%u,\"disk_size\":%" PRIu64
+             ",\"snapshots\":[", S.g.block_size, S.g.disk_size);
+  /* In creation (id) order, which is not the order of the slots. */
+  for (;;) {
+    struct layer *best = NULL;
+    for (i = 1; i < MAX_SLOTS; ++i) {
+      struct layer *l = S.slots[i];
+      if (l && !l->active && !l->detached && l->id > last &&
+          (best == NULL || l->id < best->id))
+        best = l;
+    }
+    if (best == NULL)
+      break;
+    if (!first) jb_printf (j, ",");
+    first = false;
+    json_snapshot (j, best);
+    last = best->id;
+  }
+  jb_printf (j, "],\"live\":{\"parent\":");
+  jb_str (j, S.active->parent ? S.active->parent->name : NULL);
+  jb_printf (j, ",\"bytes\":%" PRIu64 "}",
+             __atomic_load_n (&S.active->held, __ATOMIC_RELAXED)
+             * S.g.block_size);
+  return 0;
+}
+
+/* Switch the live disk to a new empty layer on top of target (store lock
+ * held, no merge running).  The old active layer is discarded.
+ */
+int
+do_revert (struct command *c, struct layer *target, uint64_t *discarded)
+{
+  struct layer *old, *n;
+  char why[256];
+
+  gate_hold (&S.gate);
+  old = S.active;
+  n = new_layer (target, why, sizeof why);
+  if (n == NULL) {
+    gate_release (&S.gate);
+    return command_fail (c, "ENOSPC", "%s", why);
+  }
+  n->active = true;
+  S.active = n;
+  old->active = false;
+  old->detached = true;         /* keeps it out of the state file */
+  if (save_state () == -1) {
+    int e = errno;
+    old->detached = false;
+    old->active = true;
+    S.active = old;
+    drop_new_layer (n);
+    gate_release (&S.gate);
+    return command_fail (c, command_errno_name (e),
+                         "cannot write the state file: %s", strerror (e));
+  }
+  compute_owner (target, S.owner);
+  *discarded = __atomic_load_n (&old->held, __ATOMIC_RELAXED)
+    * S.g.block_size;
+  old->detached = false;
+  detach (old);
+  gate_release (&S.gate);
+  return 0;
+}
+
+/* @snapshot:revert/NAME[/force] */
+int
+store_cmd_revert (struct command *c, const char *name, bool force)
+{
+  struct layer *t;
+  uint64_t discarded;
+
+  if (check_name (c, name) == -1)
+    return -1;
+
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&S.lock);
+  wait_merge ();
+  t = find_snapshot (name);
+  if (t == NULL || t->deleting)
+    return command_fail (c, "ENOENT", "snapshot '%s' does not exist%s", name,
+                         t ? " (it is being deleted)" : "");
+  if (S.live_writers > 0 && !force)
+    return command_fail (c, "EBUSY", "%u connection(s) have the live disk "
+                         "open for writing; disconnect them or use "
+                         "@snapshot:revert/%s/force", S.live_writers, name);
+  if (do_revert (c, t, &discarded) == -1)
+    return -1;
+  nbdkit_debug ("snapshot: reverted to '%s'", name);
+  jb_printf (&c->body, ",\"snapshot\":");
+  jb_str (&c->body, name);
+  jb_printf (&c->body, ",\"discarded_bytes\":%" PRIu64, discarded);
+  return 0;
+}
+
+/* @snapshot:delete/NAME: mark the snapshot deleting (committed), then
+ * merge it into its children in the background (merge.c).
+ */
+int
+store_cmd_delete (struct command *c, const char *name)
+{
+  struct layer *l;
+  size_t i;
+  bool first = true;
+
+  if (check_name (c, name) == -1)
+    return -1;
+
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&S.lock);
+  wait_merge ();
+  l = find_snapshot (name);
+  if (l == NULL)
+    return command_fail (c, "ENOENT", "snapshot '%s' does not exist", name);
+  if (strcmp (S.revert_on_close, name) == 0)
+    return command_fail (c, "EBUSY", "snapshot '%s' is the "
+                         "snapshot-revert-on-close target", name);
+  join_merge ();
+  l->deleting = true;
+  if (save_state () == -1) {
+    int e = errno;
+    l->deleting = false;
+    return command_fail (c, command_errno_name (e),
+                         "cannot write the state file: %s", strerror (e));
+  }
+  jb_printf (&c->body, ",\"snapshot\":");
+  jb_str (&c->body, name);
+  jb_printf (&c->body, ",\"merged_into\":[");
+  for (i = 1; i < MAX_SLOTS; ++i) {
+    struct layer *ch = S.slots[i];
+    if (ch && !ch->detached && ch->parent == l) {
+      if (!first) jb_printf (&c->body, ",");
+      first = false;
+      jb_str (&c->body, ch->active ? NULL : ch->name);
+    }
+  }
+  jb_printf (&c->body, "]");
+  if (start_merge () == -1)
+    /* The deleting flag is on disk: the merge resumes at next start. */
+    nbdkit_error ("snapshot: cannot start merge thread: %m");
+  return 0;
+}

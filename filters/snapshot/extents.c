@@ -1,0 +1,145 @@
+/* nbdsnap snapshot filter: extents and change maps.
+ *
+ * Extents of the live disk or a snapshot: blocks of a layer are data or
+ * zero, blocks of the plugin's disk are what the plugin says.  Change maps
+ * (@snapshot:diff/BASE[/NAME]) answer another question with the same
+ * call: a block is a hole if no layer between BASE and the target holds
+ * it, so that only the changed blocks read as allocated.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include <nbdkit-filter.h>
+
+#include "store-internal.h"
+
+/* For change maps: is block b held by any layer in set (n layers)? */
+static bool
+changed (struct layer **set, size_t n, uint64_t b)
+{
+  size_t i;
+  for (i = 0; i < n; ++i)
+    if (bstate_get (&set[i]->st, b) != BSTATE_ABSENT)
+      return true;
+  return false;
+}
+
+#define ASK_PLUGIN UINT32_MAX    /* extent type: what the plugin says */
+
+/* What the extents of a chain are asked about. */
+struct question {
+  const uint16_t *owner;        /* the chain's owner map */
+  bool diff;                    /* a change map (else plain extents) */
+  struct layer **set;           /* change maps: the layers that changed */
+  size_t nset;
+};
+
+/* The extent type of block b: NBDKIT_EXTENT_* flags, or ASK_PLUGIN. */
+static uint32_t
+block_type (const struct question *q, uint64_t b)
+{
+  uint16_t o = owner_get (q->owner, b);
+  unsigned st = o ? bstate_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
+
+  if (q->diff)
+    return !changed (q->set, q->nset, b) ? NBDKIT_EXTENT_HOLE
+      : st == BSTATE_ZERO ? NBDKIT_EXTENT_ZERO : 0;
+  return o == 0 ? ASK_PLUGIN
+    : st == BSTATE_ZERO ? NBDKIT_EXTENT_HOLE|NBDKIT_EXTENT_ZERO : 0;
+}
+
+/* Add the plugin's extents of [offset, end). */
+static int
+add_plugin_extents (nbdkit_next *next, uint64_t offset, uint64_t end,
+                    struct nbdkit_extents *extents, int *err)
+{
+  struct nbdkit_extents *pe;
+  size_t i;
+  int r = 0;
+
+  pe = nbdkit_extents_full (next, end - offset, offset, 0, err);
+  if (pe == NULL)
+    return -1;
+  for (i = 0; i < nbdkit_extents_count (pe); ++i) {
+    struct nbdkit_extent e = nbdkit_get_extent (pe, i);
+    uint64_t s = e.offset < offset ? offset : e.offset;
+    uint64_t t = min64 (e.offset + e.length, end);
+    if (t > s && nbdkit_add_extent (extents, s, t - s, e.type) == -1) {
+      *err = errno;
+      r = -1;
+      break;
+    }
+  }
+  nbdkit_extents_free (pe);
+  return r;
+}
+
+/* Extents of [offset, offset+count) of the chain owner resolves (target
+ * its top), or with base its change map since base: runs of blocks of
+ * the same type become one extent.
+ */
+static int
+extents_owner (const uint16_t *owner, struct layer *target,
+               struct layer *base, nbdkit_next *next, uint64_t count,
+               uint64_t offset, uint32_t flags,
+               struct nbdkit_extents *extents, int *err)
+{
+  const uint64_t end = offset + count;
+  struct question q = { .owner = owner, .diff = base != NULL };
+  int r = 0;
+
+  if (base) {
+    q.set = malloc (MAX_SLOTS * sizeof *q.set);
+    if (q.set == NULL) { *err = ENOMEM; return -1; }
+    q.nset = symdiff (target, base, q.set);
+  }
+
+  while (offset < end) {
+    uint64_t b = geom_block (&S.g, offset);
+    uint32_t type = block_type (&q, b);
+    uint64_t run_end = min64 (end, geom_offset (&S.g, b + 1));
+
+    while (run_end < end) {
+      uint64_t nb = geom_block (&S.g, run_end);
+      if (block_type (&q, nb) != type)
+        break;
+      run_end = min64 (end, geom_offset (&S.g, nb + 1));
+    }
+
+    if (type == ASK_PLUGIN)
+      r = add_plugin_extents (next, offset, run_end, extents, err);
+    else if (nbdkit_add_extent (extents, offset, run_end - offset,
+                                type) == -1) {
+      *err = errno;
+      r = -1;
+    }
+    if (r == -1)
+      break;
+    offset = run_end;
+    if (flags & NBDKIT_FLAG_REQ_ONE)
+      break;
+  }
+  free (q.set);
+  return r;
+}
+
+/* Extents of the live disk, a view or a change map. */
+int
+store_extents (struct view *v, nbdkit_next *next, uint32_t count,
+               uint64_t offset, uint32_t flags,
+               struct nbdkit_extents *extents, int *err)
+{
+  int r;
+
+  gate_enter (&S.gate);     /* chains stay still while we look at them */
+  if (v->live)
+    r = extents_owner (S.owner, S.active, v->base, next, count, offset,
+                       flags, extents, err);
+  else
+    r = extents_owner (v->owner, v->top, v->base, next, count, offset,
+                       flags, extents, err);
+  gate_leave (&S.gate);
+  return r;
+}

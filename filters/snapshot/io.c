@@ -1,0 +1,255 @@
+/* nbdsnap snapshot filter: the data path.
+ *
+ * Reads go through an owner map (the live disk's or a view's); writes
+ * and zeroes go into the active layer, whole blocks at a time, with a
+ * read-modify-write under the block's stripe lock for partial blocks.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "fileio.h"
+#include "lockscope.h"
+#include "store-internal.h"
+
+/* Mark block b of the active layer a as v (DATA or ZERO). */
+static void
+mark (struct layer *a, uint64_t b, unsigned v)
+{
+  if (bstate_set (&a->st, b, v) == BSTATE_ABSENT)
+    __atomic_add_fetch (&a->held, 1, __ATOMIC_RELAXED);
+  owner_set (S.owner, b, a->slot);
+}
+
+/* Read [offset, offset+count) through an owner map: runs of blocks held
+ * by the same layer in the same state become one pread / memset / plugin
+ * read, so big requests stay big.
+ */
+static int
+read_owner (const uint16_t *owner, nbdkit_next *next, char *buf,
+            uint64_t count, uint64_t offset, int *err)
+{
+  const uint64_t end = offset + count;
+
+  while (offset < end) {
+    uint64_t b = geom_block (&S.g, offset);
+    uint16_t o = owner_get (owner, b);
+    unsigned st = o ? bstate_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
+    uint64_t run_end = min64 (end, geom_offset (&S.g, b + 1)), len;
+
+    while (run_end < end) {
+      uint64_t nb = geom_block (&S.g, run_end);
+      uint16_t o2 = owner_get (owner, nb);
+      if (o2 != o || (o && bstate_get (&S.slots[o]->st, nb) != st))
+        break;
+      run_end = min64 (end, geom_offset (&S.g, nb + 1));
+    }
+    len = run_end - offset;
+
+    if (o == 0) {
+      if (next->pread (next, buf, len, offset, 0, err) == -1)
+        return -1;
+    }
+    else if (st == BSTATE_ZERO)
+      memset (buf, 0, len);
+    else if (pread_sparse (S.slots[o]->fd, buf, len, offset) == -1) {
+      *err = errno;
+      nbdkit_error ("snapshot: read layer %" PRIu64 ": %m", S.slots[o]->id);
+      return -1;
+    }
+    buf += len;
+    offset = run_end;
+  }
+  return 0;
+}
+
+/* Read from the live disk or a view. */
+int
+store_pread (struct view *v, nbdkit_next *next, void *buf,
+             uint32_t count, uint64_t offset, int *err)
+{
+  int r;
+
+  if (!v->live)
+    return read_owner (v->owner, next, buf, count, offset, err);
+  gate_enter (&S.gate);
+  r = read_owner (S.owner, next, buf, count, offset, err);
+  gate_leave (&S.gate);
+  return r;
+}
+
+/* Write (buf) or zero (buf == NULL) whole blocks [b0, b0+nb). */
+static int
+write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
+{
+  struct layer *a = S.active;
+  uint64_t off = geom_offset (&S.g, b0);
+  uint64_t len = min64 (nb << S.g.shift, S.g.disk_size - off);
+  unsigned v = buf ? BSTATE_DATA : BSTATE_ZERO;
+  uint64_t b;
+
+  if (__atomic_load_n (&S.merge_into_active, __ATOMIC_ACQUIRE)) {
+    /* A merge is filling the active layer: go block by block under the
+     * stripe locks so that it never overwrites a newer write.
+     */
+    for (b = b0; b < b0 + nb; ++b) {
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe (b));
+      if (buf && pwrite_full (a->fd, buf + ((b - b0) << S.g.shift),
+                              geom_block_len (&S.g, b),
+                              geom_offset (&S.g, b)) == -1) {
+        *err = errno;
+        nbdkit_error ("snapshot: write: %m");
+        return -1;
+      }
+      mark (a, b, v);
+    }
+  }
+  else {
+    if (buf) {
+      if (pwrite_full (a->fd, buf, len, off) == -1) {
+        *err = errno;
+        nbdkit_error ("snapshot: write: %m");
+        return -1;
+      }
+    }
+    else
+      /* Give the space back; the state says "zero" whatever is there. */
+      fallocate (a->fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, off, len);
+    for (b = b0; b < b0 + nb; ++b)
+      mark (a, b, v);
+  }
+  layer_touch (a);
+  return 0;
+}
+
+/* Read-modify-write part of block b: n bytes at boff from src (or zero),
+ * in tmp (a block's worth of room).  Stripe lock held.
+ */
+static int
+rmw_locked (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
+            const char *src, char *tmp, int *err)
+{
+  struct layer *a = S.active;
+  uint64_t bl = geom_block_len (&S.g, b), off = geom_offset (&S.g, b);
+
+  if (read_owner (S.owner, next, tmp, bl, off, err) == -1)
+    return -1;
+  if (src)
+    memcpy (tmp + boff, src, n);
+  else
+    memset (tmp + boff, 0, n);
+  if (pwrite_full (a->fd, tmp, bl, off) == -1) {
+    *err = errno;
+    nbdkit_error ("snapshot: write: %m");
+    return -1;
+  }
+  mark (a, b, BSTATE_DATA);
+  layer_touch (a);
+  return 0;
+}
+
+/* Read-modify-write part of block b: n bytes at boff from src (or zero). */
+static int
+rmw_block (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
+           const char *src, int *err)
+{
+  char *tmp = malloc (S.g.block_size);
+  int r;
+
+  if (tmp == NULL) {
+    *err = ENOMEM;
+    return -1;
+  }
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe (b));
+    r = rmw_locked (next, b, boff, n, src, tmp, err);
+  }
+  free (tmp);
+  return r;
+}
+
+/* Make every acknowledged write durable (caller is inside the gate). */
+static int
+flush_locked (int *err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&S.flush_lock);
+
+  if (layer_save (S.dirfd, S.active, &S.g, false) == -1) {
+    *err = errno;
+    nbdkit_error ("snapshot: flush: %m");
+    return -1;
+  }
+  return 0;
+}
+
+/* Common path of write and zero (buf == NULL). */
+static int
+modify (nbdkit_next *next, const char *buf, uint32_t count, uint64_t offset,
+        bool fua, int *err)
+{
+  const uint64_t mask = S.g.block_size - 1;
+  uint64_t end = offset + count;
+  int r = 0;
+
+  gate_enter (&S.gate);
+  while (offset < end) {
+    uint64_t b = geom_block (&S.g, offset), boff = offset & mask;
+    uint64_t bl = geom_block_len (&S.g, b);
+
+    if (boff == 0 && end - offset >= bl) {
+      /* As many whole blocks as the request covers. */
+      uint64_t nb = 1, len;
+      while (offset + (nb << S.g.shift) < end &&
+             end - (offset + (nb << S.g.shift)) >=
+             geom_block_len (&S.g, b + nb))
+        nb++;
+      if (write_blocks (buf, b, nb, err) == -1) { r = -1; break; }
+      len = min64 (nb << S.g.shift, end - offset);
+      if (buf) buf += len;
+      offset += len;
+    }
+    else {
+      uint64_t n = min64 (bl - boff, end - offset);
+      if (rmw_block (next, b, boff, n, buf, err) == -1) { r = -1; break; }
+      if (buf) buf += n;
+      offset += n;
+    }
+  }
+  if (r == 0 && fua)
+    r = flush_locked (err);
+  gate_leave (&S.gate);
+  return r;
+}
+
+/* Write to the live disk. */
+int
+store_pwrite (nbdkit_next *next, const void *buf, uint32_t count,
+              uint64_t offset, bool fua, int *err)
+{
+  return modify (next, buf, count, offset, fua, err);
+}
+
+/* Zero (or trim) part of the live disk. */
+int
+store_zero (nbdkit_next *next, uint32_t count, uint64_t offset, bool fua,
+            int *err)
+{
+  return modify (next, NULL, count, offset, fua, err);
+}
+
+/* Make the live disk durable. */
+int
+store_flush (int *err)
+{
+  int r;
+
+  gate_enter (&S.gate);
+  r = flush_locked (err);
+  gate_leave (&S.gate);
+  return r;
+}

@@ -1,0 +1,431 @@
+/* nbdsnap snapshot filter: the state file and snapshot-dir.
+ *
+ * The state file (docs/snapshot-format.md, section 5) names the geometry,
+ * the fingerprint of the plugin's disk and every layer with its parent
+ * and kind.  It is the commit point of every change to the tree: layer
+ * files no committed state names are strays, removed at start.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <dirent.h>
+
+#include <nbdkit-filter.h>
+
+#include "json.h"
+#include "kvtext.h"
+#include "statedir.h"
+#include "store-internal.h"
+
+#define STATE_NAME "state"
+#define STATE_MAGIC "nbdsnap-snapshot-state"
+#define STATE_VERSION 1
+
+/* What to do about a damaged directory. */
+#define FIX "restore the directory from a backup, or start with an " \
+  "empty snapshot-dir (its snapshots are then lost)"
+
+/* Serialize the table to the state file (store lock held). */
+int
+save_state (void)
+{
+  struct jbuf j = { 0 };        /* used as a plain text buffer */
+  char hex[2 * SHA256_LEN + 1];
+  uint64_t last = 0;
+  size_t i;
+  int r;
+
+  jb_printf (&j, "%s\nversion %d\ndisk-size %" PRIu64 "\nblock-size %u\n",
+             STATE_MAGIC, STATE_VERSION, S.g.disk_size, S.g.block_size);
+  hex_encode (S.fp, SHA256_LEN, hex);
+  jb_printf (&j, "fingerprint %s\nnext-id %" PRIu64 "\n", hex, S.next_id);
+  /* In id order: a parent always has a smaller id than its children. */
+  for (;;) {
+    struct layer *l = NULL;
+    for (i = 1; i < MAX_SLOTS; ++i) {
+      struct layer *c = S.slots[i];
+      if (c && !c->detached && c->id > last && (!l || c->id < l->id))
+        l = c;
+    }
+    if (l == NULL)
+      break;
+    jb_printf (&j, "layer %" PRIu64 " %" PRIu64 " %" PRId64 " %s %s\n",
+               l->id, l->parent ? l->parent->id : 0, l->created,
+               l->active ? "active" : l->deleting ? "deleting" : "frozen",
+               l->active ? "-" : l->name);
+    last = l->id;
+  }
+  if (j.oom) {
+    jb_free (&j);
+    errno = ENOMEM;
+    return -1;
+  }
+  r = kv_write_file (S.dirfd, STATE_NAME, j.p, j.len);
+  jb_free (&j);
+  return r;
+}
+
+/* A layer line of the state file. */
+struct parsed_layer {
+  uint64_t id, parent;
+  int64_t created;
+  const char *kind, *name;      /* point into the text */
+};
+
+/* The state file as read. */
+struct parsed_state {
+  uint64_t disk_size, next_id;
+  uint32_t block_size;
+  uint8_t fp[SHA256_LEN];
+  struct parsed_layer *layers;
+  size_t nlayers;
+};
+
+/* Refuse the directory: nbdkit_error "snapshot-dir DIR: ...".  Returns
+ * -1.
+ */
+static int __attribute__ ((format (printf, 1, 2)))
+refuse (const char *fmt, ...)
+{
+  char msg[1024];
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  nbdkit_error ("snapshot-dir %s: %s", S.dir, msg);
+  return -1;
+}
+
+/* The value of the next line, which must have key; NULL after refuse. */
+static char *
+expect (struct kv_reader *kv, const char *key)
+{
+  char why[256];
+  char *v = kv_expect (kv, key, why, sizeof why);
+
+  if (v == NULL)
+    refuse ("%s: %s; %s", STATE_NAME, why, FIX);
+  return v;
+}
+
+/* A line whose value is not what its key needs.  Returns -1. */
+static int
+malformed (const struct kv_reader *kv, const char *key)
+{
+  return refuse ("%s: line %u: malformed %s line; %s", STATE_NAME, kv->line,
+                 key, FIX);
+}
+
+/* Parse the value of a layer line, "ID PARENT CREATED KIND NAME" (changed
+ * in place), into p.  -1 if malformed.
+ */
+static int
+parse_layer (char *value, struct parsed_layer *p)
+{
+  char *f[5];
+
+  if (kv_split (value, f, 5) == -1 || kv_u64 (f[0], &p->id) == -1 ||
+      kv_u64 (f[1], &p->parent) == -1 || kv_i64 (f[2], &p->created) == -1)
+    return -1;
+  p->kind = f[3];
+  p->name = f[4];
+  return 0;
+}
+
+/* Read the lines of the state file (in their one order) into ps.  -1
+ * after refuse.
+ */
+static int
+parse_state (char *text, size_t len, struct parsed_state *ps)
+{
+  struct kv_reader kv;
+  char why[256], *key, *v;
+  uint32_t version;
+  int r;
+
+  if (kv_begin (&kv, text, len, STATE_MAGIC, why, sizeof why) == -1)
+    return refuse ("%s: %s; %s", STATE_NAME, why, FIX);
+  if ((v = expect (&kv, "version")) == NULL)
+    return -1;
+  if (kv_u32 (v, &version) == -1 || version != STATE_VERSION)
+    return refuse ("%s: state version %s is not supported by this nbdsnap "
+                   "(supports %d)", STATE_NAME, v, STATE_VERSION);
+  if ((v = expect (&kv, "disk-size")) == NULL)
+    return -1;
+  if (kv_u64 (v, &ps->disk_size) == -1)
+    return malformed (&kv, "disk-size");
+  if ((v = expect (&kv, "block-size")) == NULL)
+    return -1;
+  if (kv_u32 (v, &ps->block_size) == -1)
+    return malformed (&kv, "block-size");
+  if ((v = expect (&kv, "fingerprint")) == NULL)
+    return -1;
+  if (strlen (v) != 2 * SHA256_LEN || hex_decode (v, ps->fp, SHA256_LEN) == -1)
+    return refuse ("%s: bad fingerprint line", STATE_NAME);
+  if ((v = expect (&kv, "next-id")) == NULL)
+    return -1;
+  if (kv_u64 (v, &ps->next_id) == -1 || ps->next_id == 0)
+    return malformed (&kv, "next-id");
+
+  while ((r = kv_next (&kv, &key, &v, why, sizeof why)) == 1) {
+    struct parsed_layer *np;
+
+    if (strcmp (key, "layer") != 0)
+      return refuse ("%s: line %u: unknown line '%s ...'", STATE_NAME,
+                     kv.line, key);
+    np = realloc (ps->layers, (ps->nlayers + 1) * sizeof *np);
+    if (np == NULL)
+      return refuse ("out of memory");
+    ps->layers = np;
+    if (parse_layer (v, &ps->layers[ps->nlayers]) == -1)
+      return malformed (&kv, "layer");
+    ps->nlayers++;
+  }
+  if (r == -1)
+    return refuse ("%s: %s; %s", STATE_NAME, why, FIX);
+  return 0;
+}
+
+/* The disk below must be the disk the directory was made for; take the
+ * directory's block size.
+ */
+static int
+check_disk (const struct parsed_state *ps, uint32_t want_bs)
+{
+  uint32_t bs = ps->block_size;
+
+  if (ps->disk_size != S.g.disk_size)
+    return refuse ("was made for a disk of %" PRIu64 " bytes, but the "
+                   "plugin's disk now has %" PRIu64 " bytes; start nbdkit "
+                   "on the original disk, or use a new snapshot-dir",
+                   ps->disk_size, S.g.disk_size);
+  if (want_bs && want_bs != bs)
+    return refuse ("uses snapshot-block-size=%" PRIu32 ", not %" PRIu32
+                   "; drop the snapshot-block-size parameter or use a new "
+                   "snapshot-dir", bs, want_bs);
+  if (!geom_block_size_ok (bs))
+    return refuse ("%s: invalid block size %" PRIu32, STATE_NAME, bs);
+  geom_init (&S.g, ps->disk_size, bs);
+  if (memcmp (ps->fp, S.fp, SHA256_LEN) != 0)
+    return refuse ("was made for another disk (the first/last blocks of "
+                   "the plugin's disk differ from when it was created); "
+                   "start nbdkit on the original disk, or use a new "
+                   "snapshot-dir");
+  S.next_id = ps->next_id;
+  return 0;
+}
+
+/* Open every layer the state names, with its map. */
+static int
+open_layers (const struct parsed_state *ps)
+{
+  char why[512];
+  size_t i;
+
+  for (i = 0; i < ps->nlayers; ++i) {
+    const struct parsed_layer *pl = &ps->layers[i];
+    bool active = strcmp (pl->kind, "active") == 0;
+    struct layer *l;
+
+    if (pl->id == 0 || pl->id >= ps->next_id ||
+        (pl->parent != 0 && pl->parent >= pl->id))
+      return refuse ("%s: inconsistent layer %" PRIu64, STATE_NAME, pl->id);
+    if (!active && strcmp (pl->kind, "frozen") != 0 &&
+        strcmp (pl->kind, "deleting") != 0)
+      return refuse ("%s: layer %" PRIu64 " has unknown kind '%s'",
+                     STATE_NAME, pl->id, pl->kind);
+    if (!active && !name_valid (pl->name, why, sizeof why))
+      return refuse ("%s: layer %" PRIu64 ": %s", STATE_NAME, pl->id, why);
+    if (!active && find_snapshot (pl->name))
+      return refuse ("%s: snapshot name '%s' appears twice", STATE_NAME,
+                     pl->name);
+    if (active && S.active)
+      return refuse ("%s: more than one active layer", STATE_NAME);
+    l = layer_open (S.dirfd, pl->id, &S.g, false, why, sizeof why);
+    if (l == NULL)
+      return refuse ("%s (listed in the state file); %s", why, FIX);
+    if (alloc_slot (l) == -1) {
+      layer_free (l);
+      return refuse ("too many layers");
+    }
+    if (layer_load_map (S.dirfd, l, &S.g, why, sizeof why) == -1)
+      return refuse ("%s; %s", why, FIX);
+    l->saved_gen = l->gen = 0;
+    l->created = pl->created;
+    l->active = active;
+    l->deleting = strcmp (pl->kind, "deleting") == 0;
+    if (active)
+      S.active = l;
+    else
+      snprintf (l->name, sizeof l->name, "%s", pl->name);
+  }
+  return 0;
+}
+
+/* Link parents once every layer is known (lines may come in any order). */
+static int
+link_layers (const struct parsed_state *ps)
+{
+  size_t i, s;
+
+  for (i = 0; i < ps->nlayers; ++i) {
+    const struct parsed_layer *pl = &ps->layers[i];
+    struct layer *l = NULL, *p = NULL;
+
+    for (s = 1; s < MAX_SLOTS; ++s) {
+      if (S.slots[s] && S.slots[s]->id == pl->id) {
+        if (l)
+          return refuse ("%s: layer %" PRIu64 " appears twice", STATE_NAME,
+                         pl->id);
+        l = S.slots[s];
+      }
+      if (pl->parent && S.slots[s] && S.slots[s]->id == pl->parent)
+        p = S.slots[s];
+    }
+    if (pl->parent && (p == NULL || p->active))
+      return refuse ("%s: layer %" PRIu64 " has a missing parent %" PRIu64,
+                     STATE_NAME, pl->id, pl->parent);
+    l->parent = p;
+  }
+  if (S.active == NULL)
+    return refuse ("%s: no active layer", STATE_NAME);
+  return 0;
+}
+
+/* Load the state file (text, len bytes) and every layer it names. */
+static int
+load_state (char *text, size_t len, uint32_t want_bs)
+{
+  struct parsed_state ps = { 0 };
+  int r = -1;
+
+  if (parse_state (text, len, &ps) == 0 && check_disk (&ps, want_bs) == 0 &&
+      open_layers (&ps) == 0 && link_layers (&ps) == 0)
+    r = 0;
+  free (ps.layers);
+  return r;
+}
+
+/* A directory without a state file must hold no layers, except what an
+ * interrupted first start leaves (an empty layer 1), which is removed.
+ */
+static int
+check_no_layers (void)
+{
+  DIR *d = statedir_open (S.dirfd);
+  struct dirent *e;
+  bool first_start_leftover = true, any = false;
+  struct stat st;
+
+  if (d == NULL) {
+    nbdkit_error ("snapshot-dir %s: %m", S.dir);
+    return -1;
+  }
+  while ((e = readdir (d)) != NULL) {
+    if (strncmp (e->d_name, "layer-", 6) != 0)
+      continue;
+    any = true;
+    if (strncmp (e->d_name, "layer-1.", 8) != 0 ||
+        (strcmp (e->d_name, "layer-1.data") == 0 &&
+         (fstatat (S.dirfd, e->d_name, &st, 0) == -1 || st.st_size != 0)))
+      first_start_leftover = false;
+  }
+  closedir (d);
+  if (!any)
+    return 0;
+  if (!first_start_leftover) {
+    nbdkit_error ("snapshot-dir %s: holds layer files but no state file "
+                  "(was it deleted?); restore the state file from a backup, "
+                  "or empty the directory to start again without the "
+                  "snapshots", S.dir);
+    return -1;
+  }
+  nbdkit_debug ("snapshot: removing what an interrupted first start left");
+  layer_unlink (S.dirfd, 1);
+  return 0;
+}
+
+/* A new directory (no state file): one empty active layer, in blocks of
+ * bs, and the state that names it.
+ */
+static int
+create_state (uint32_t bs)
+{
+  struct layer *a;
+  char why[512];
+
+  if (check_no_layers () == -1)
+    return -1;
+  geom_init (&S.g, S.g.disk_size, bs);
+  S.next_id = 1;
+  a = new_layer (NULL, why, sizeof why);
+  if (a == NULL) {
+    nbdkit_error ("snapshot-dir %s: %s", S.dir, why);
+    return -1;
+  }
+  a->active = true;
+  S.active = a;
+  if (save_state () == -1) {
+    nbdkit_error ("snapshot-dir %s: cannot write the state file: %m",
+                  S.dir);
+    drop_new_layer (a);
+    S.active = NULL;
+    return -1;
+  }
+  nbdkit_debug ("snapshot: new snapshot-dir %s (%" PRIu64 " blocks of %"
+                PRIu32 ")", S.dir, S.g.nblocks, bs);
+  return 0;
+}
+
+/* Is id a layer of the table?  (For remove_strays.) */
+static bool
+known_layer (uint64_t id)
+{
+  size_t s;
+
+  for (s = 1; s < MAX_SLOTS; ++s)
+    if (S.slots[s] && S.slots[s]->id == id)
+      return true;
+  return false;
+}
+
+/* Remove files no committed state refers to (left by a crash between
+ * creating a layer and committing the state that names it).
+ */
+static void
+remove_strays (void)
+{
+  static const char *const suffixes[] = { "data", "map", "map.tmp", NULL };
+
+  statedir_remove_strays (S.dirfd, STATE_NAME, "layer-", suffixes,
+                          known_layer, "snapshot");
+}
+
+/* Load the state, or set up a new directory; then remove strays. */
+int
+load_or_create_state (uint32_t want_bs, uint32_t new_bs)
+{
+  char *text;
+  size_t len;
+  int r;
+
+  if (statefile_read (S.dirfd, STATE_NAME, &text, &len) == 0) {
+    r = load_state (text, len, want_bs);
+    free (text);
+  }
+  else if (errno != ENOENT) {
+    nbdkit_error ("snapshot-dir %s: cannot read %s: %m", S.dir, STATE_NAME);
+    r = -1;
+  }
+  else
+    r = create_state (new_bs);
+  if (r == 0)
+    remove_strays ();
+  return r;
+}

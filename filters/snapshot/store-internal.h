@@ -1,0 +1,157 @@
+/* nbdsnap snapshot filter: what the store's files share (not for
+ * snapshot.c, which uses store.h).
+ *
+ * Layers form a tree rooted at the plugin's disk.  The live disk is the
+ * chain from the active layer down to the plugin; a snapshot is the chain
+ * from its frozen layer down.  For O(1) lookups whatever the depth, the
+ * live disk keeps an owner map (block -> slot of the topmost layer that
+ * holds it, 0 = plugin); views compute their own when opened.
+ *
+ * Concurrency:
+ *  - S.lock protects the layer table, connection counts and commands.
+ *  - S.gate: every live request enters it; commands that change the live
+ *    chain hold it (drain + exclude I/O) for their O(1) switch.
+ *  - Stripe locks serialize read-modify-write of partial blocks, and all
+ *    writes to the active layer while a merge copies into it.
+ *  - Frozen layers never change except by merge, which only fills blocks a
+ *    layer lacks with the bytes it already showed through from its parent.
+ *
+ * The files of the store:
+ *   io.c        the data path of the live disk and views
+ *   chain.c     chains of layers and their owner maps
+ *   extents.c   extents and change maps
+ *   table.c     the layer table (slots)
+ *   state.c     the state file, and what else is in snapshot-dir
+ *   commands.c  create, list, revert, delete
+ *   merge.c     the background merge of deleted snapshots
+ *   views.c     views and live connections (revert-on-close)
+ *   start.c     start, after_fork, stop; the store itself (S)
+ */
+#ifndef NBDSNAP_SNAPSHOT_STORE_INTERNAL_H
+#define NBDSNAP_SNAPSHOT_STORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "command.h"
+#include "exportname.h"
+#include "gate.h"
+#include "geom.h"
+#include "layer.h"
+#include "statefile.h"
+#include "store.h"
+#include "stripes.h"
+
+#define MAX_SLOTS 65535         /* slot 0 is the plugin */
+
+/* The store: one per nbdkit process (defined in start.c). */
+struct store {
+  char *dir;
+  int dirfd, lockfd;
+  struct geom g;
+  uint8_t fp[SHA256_LEN];       /* fingerprint of the plugin's disk */
+  uint64_t next_id;
+
+  pthread_mutex_t lock;
+  pthread_cond_t cond;          /* signalled when a merge finishes */
+  struct layer *slots[MAX_SLOTS];
+  struct layer *active;
+  uint16_t *owner;              /* live owner map (atomic elements) */
+  struct gate gate;
+  int merge_into_active;        /* atomic */
+  struct stripes stripes;
+  pthread_mutex_t flush_lock;
+
+  unsigned live_conns, live_writers;
+  bool merging, stopping;
+  pthread_t merge_tid;
+  bool merge_tid_valid;
+  char revert_on_close[NAME_MAX_LEN + 1];
+};
+
+extern struct store S;
+
+/* The layer holding block b according to owner map owner (0: plugin). */
+static inline uint16_t
+owner_get (const uint16_t *owner, uint64_t b)
+{
+  return __atomic_load_n (&owner[b], __ATOMIC_ACQUIRE);
+}
+
+/* Record that the layer in slot v holds block b. */
+static inline void
+owner_set (uint16_t *owner, uint64_t b, uint16_t v)
+{
+  __atomic_store_n (&owner[b], v, __ATOMIC_RELEASE);
+}
+
+/* The stripe lock of block b. */
+static inline pthread_mutex_t *
+stripe (uint64_t b)
+{
+  return stripe_of (&S.stripes, b);
+}
+
+/* chain.c */
+/* Compute the owner map of the chain ending at top (NULL: the plugin). */
+void compute_owner (struct layer *top, uint16_t *owner)
+  __attribute__ ((nonnull (2)));
+/* Layers in exactly one of the chains of a and b, into out (room for
+ * MAX_SLOTS); returns their number.
+ */
+size_t symdiff (struct layer *a, struct layer *b, struct layer **out)
+  __attribute__ ((nonnull (3)));
+/* Is l on the live chain?  (store lock or gate held) */
+bool on_live_chain (struct layer *l) __attribute__ ((nonnull (1)));
+
+/* table.c (store lock held for all) */
+/* The snapshot (frozen or deleting layer) called name, or NULL. */
+struct layer *find_snapshot (const char *name) __attribute__ ((nonnull (1)));
+/* Give l a free slot.  -1 if the table is full. */
+int alloc_slot (struct layer *l) __attribute__ ((nonnull (1)));
+/* Drop a reference; free the layer at zero. */
+void unref (struct layer *l) __attribute__ ((nonnull (1)));
+/* Remove l from the table: its files go now, its memory when unused. */
+void detach (struct layer *l) __attribute__ ((nonnull (1)));
+/* A new empty layer on top of parent, with its empty map on disk.  NULL
+ * with a reason in why.
+ */
+struct layer *new_layer (struct layer *parent, char *why, size_t whylen)
+  __attribute__ ((nonnull (2)));
+/* Discard a layer made by new_layer that never got committed. */
+void drop_new_layer (struct layer *l) __attribute__ ((nonnull (1)));
+
+/* state.c */
+/* Serialize the table to the state file (store lock held).  -1 and
+ * errno.
+ */
+int save_state (void);
+/* Load the state file and its layers (want_bs: the block size asked
+ * for, 0 if none), or set up a new directory with blocks of new_bs.
+ * Then remove the files no state names.  -1 after nbdkit_error.
+ */
+int load_or_create_state (uint32_t want_bs, uint32_t new_bs);
+
+/* commands.c */
+/* Switch the live disk to a new empty layer on top of target, discarding
+ * the old active layer (store lock held, no merge running).  Puts the
+ * bytes discarded in *discarded; -1 after command_fail (c, ...).
+ */
+int do_revert (struct command *c, struct layer *target, uint64_t *discarded)
+  __attribute__ ((nonnull (1, 2, 3)));
+
+/* merge.c */
+/* Wait until no merge runs (store lock held). */
+void wait_merge (void);
+/* Start the merge thread (store lock held).  -1 and errno. */
+int start_merge (void);
+/* Reap the merge thread: after wait_merge (store lock held), or after
+ * setting S.stopping (store lock not held: the thread takes it).
+ */
+void join_merge (void);
+/* The next layer waiting to be merged away, or NULL (store lock held). */
+struct layer *next_deleting (void);
+
+#endif /* NBDSNAP_SNAPSHOT_STORE_INTERNAL_H */

@@ -1,0 +1,112 @@
+/* nbdsnap snapshot filter: the layer table.
+ *
+ * Every layer in memory has a slot in S.slots (1..MAX_SLOTS-1; owner maps
+ * name layers by slot, 0 being the plugin).  A layer is referenced by the
+ * table and by each open view whose chain holds it; it is freed when the
+ * last reference goes.  All of this runs under the store lock.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "lockscope.h"
+#include "store-internal.h"
+
+/* The snapshot (frozen or deleting layer) called name, or NULL. */
+struct layer *
+find_snapshot (const char *name)
+{
+  size_t i;
+  for (i = 1; i < MAX_SLOTS; ++i) {
+    struct layer *l = S.slots[i];
+    if (l && !l->active && !l->detached && strcmp (l->name, name) == 0)
+      return l;
+  }
+  return NULL;
+}
+
+/* Give l a free slot.  -1 if the table is full. */
+int
+alloc_slot (struct layer *l)
+{
+  size_t i;
+  for (i = 1; i < MAX_SLOTS; ++i)
+    if (S.slots[i] == NULL) {
+      S.slots[i] = l;
+      l->slot = i;
+      return 0;
+    }
+  return -1;
+}
+
+/* Drop a reference (store lock held); free the layer at zero. */
+void
+unref (struct layer *l)
+{
+  if (--l->refs == 0) {
+    S.slots[l->slot] = NULL;
+    layer_free_background (l);
+  }
+}
+
+/* Remove l from the table: its files go now, its memory when unused. */
+void
+detach (struct layer *l)
+{
+  l->detached = true;
+  layer_unlink (S.dirfd, l->id);
+  unref (l);
+}
+
+/* A new empty layer on top of parent, with its empty map on disk. */
+struct layer *
+new_layer (struct layer *parent, char *why, size_t whylen)
+{
+  struct layer *l = layer_open (S.dirfd, S.next_id, &S.g, true, why, whylen);
+
+  if (l == NULL)
+    return NULL;
+  if (layer_save (S.dirfd, l, &S.g, true) == -1) {
+    snprintf (why, whylen, "cannot write layer map: %s", strerror (errno));
+    goto err;
+  }
+  if (alloc_slot (l) == -1) {
+    snprintf (why, whylen, "too many layers (at most %d)", MAX_SLOTS - 1);
+    goto err;
+  }
+  S.next_id++;
+  l->parent = parent;
+  return l;
+ err:
+  layer_unlink (S.dirfd, l->id);
+  layer_free (l);
+  return NULL;
+}
+
+/* Discard a layer made by new_layer that never got committed. */
+void
+drop_new_layer (struct layer *l)
+{
+  S.slots[l->slot] = NULL;
+  layer_unlink (S.dirfd, l->id);
+  layer_free (l);
+}
+
+/* Call fn for the name of each snapshot (for list_exports). */
+void
+store_foreach_snapshot (void (*fn) (const char *name, void *opaque),
+                        void *opaque)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&S.lock);
+  size_t i;
+
+  for (i = 1; i < MAX_SLOTS; ++i) {
+    struct layer *l = S.slots[i];
+    if (l && !l->active && !l->detached && !l->deleting)
+      fn (l->name, opaque);
+  }
+}
