@@ -126,13 +126,11 @@ perform (struct command *c, const struct export_name *en, void *opaque)
   const char *v = en->verb;
 
   if (strcmp (v, "list") == 0 && en->nargs == 0)
-    return tracker_cmd_list (&c->body);
+    return tracker_cmd_list (c);
   if (strcmp (v, "create") == 0 && en->nargs == 1)
-    return tracker_cmd_create (en->args[0], &c->body, &c->ename, c->why,
-                               sizeof c->why);
+    return tracker_cmd_create (c, en->args[0]);
   if (strcmp (v, "delete") == 0 && en->nargs == 1)
-    return tracker_cmd_delete (en->args[0], &c->body, &c->ename, c->why,
-                               sizeof c->why);
+    return tracker_cmd_delete (c, en->args[0]);
   command_bad_args (c, "nbdkit-cbt-filter(1)");
   return -1;
 }
@@ -144,7 +142,6 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   struct handle *h;
   struct export_name en;
   char why[512];
-  const char *ename;
 
   h = calloc (1, sizeof *h);
   if (h == NULL) {
@@ -209,7 +206,7 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
         nbdkit_error ("cbt: %s: expected @cbt:diff/SINCE/UNTIL", exportname);
         goto err;
       }
-      if (tracker_view_check (since, until, &ename, why, sizeof why) == -1) {
+      if (tracker_view_check (since, until, why, sizeof why) == -1) {
         nbdkit_error ("cbt: %s: %s", exportname, why);
         goto err;
       }
