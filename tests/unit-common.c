@@ -1,5 +1,6 @@
 /* Unit tests of common/: the text state-file reader, the binary header,
- * block geometry, whole-buffer I/O and scoped locks.  Exit 0 = pass.
+ * block geometry, whole-buffer I/O and scoped locks; and of the scoped
+ * hold of filters/common/gate.h.  Exit 0 = pass.
  */
 #include <config.h>
 
@@ -12,6 +13,7 @@
 
 #include "binhdr.h"
 #include "fileio.h"
+#include "gate.h"
 #include "geom.h"
 #include "kvtext.h"
 #include "lockscope.h"
@@ -254,6 +256,35 @@ test_lockscope (void)
   pthread_rwlock_unlock (&rw);
 }
 
+static struct gate g = GATE_INIT;
+
+static int
+held_return (int early)
+{
+  GATE_HOLD_FOR_CURRENT_SCOPE (&g);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&m);
+  if (early)
+    return 1;
+  return 2;
+}
+
+static void
+test_gate_scope (void)
+{
+  CHECK (held_return (1) == 1);
+  CHECK (__atomic_load_n (&g.held, __ATOMIC_SEQ_CST) == 0);
+  CHECK (pthread_mutex_trylock (&g.holder) == 0);
+  pthread_mutex_unlock (&g.holder);
+  CHECK (held_return (0) == 2);
+  {
+    GATE_HOLD_FOR_CURRENT_SCOPE (&g);
+    CHECK (__atomic_load_n (&g.held, __ATOMIC_SEQ_CST) == 1);
+  }
+  CHECK (__atomic_load_n (&g.held, __ATOMIC_SEQ_CST) == 0);
+  gate_enter (&g);              /* would wait if the gate were held */
+  gate_leave (&g);
+}
+
 int
 main (void)
 {
@@ -262,6 +293,7 @@ main (void)
   test_geom ();
   test_fileio ();
   test_lockscope ();
+  test_gate_scope ();
   if (failures) {
     fprintf (stderr, "unit-common: %d check(s) failed\n", failures);
     return 1;

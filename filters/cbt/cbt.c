@@ -36,6 +36,7 @@ static struct tracker_config cfg = { .sync = CBT_SYNC_FLUSH };
 static unsigned policy = POLICY_DEFAULT;
 static nbdkit_backend *backend;
 
+/* Take the cbt-* parameters; pass the others on. */
 static int
 cbt_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
             const char *key, const char *value)
@@ -74,6 +75,7 @@ cbt_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   return next (nxdata, key, value);
 }
 
+/* cbt-dir is required; remember the backend for get_ready. */
 static int
 cbt_config_complete (nbdkit_next_config_complete *next,
                      nbdkit_backend *nxdata)
@@ -93,24 +95,28 @@ cbt_config_complete (nbdkit_next_config_complete *next,
   "cbt-commands=WHO          none|unix|tls|unix,tls|any (default unix,tls).\n" \
   "cbt-reset-on-shrink=BOOL  Drop all checkpoints if the disk shrank."
 
+/* Free the configuration. */
 static void
 cbt_unload (void)
 {
   free ((char *) cfg.dir);
 }
 
+/* Start the tracker (before any connection). */
 static int
 cbt_get_ready (int thread_model)
 {
   return tracker_start (&cfg, backend);
 }
 
+/* Stop the tracker: seal the active bitmap, state clean. */
 static void
 cbt_cleanup (nbdkit_backend *b)
 {
   tracker_stop ();
 }
 
+/* The exports below, then a view @cbt/NAME per checkpoint. */
 static int
 cbt_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
                   int readonly, int is_tls, struct nbdkit_exports *exports)
@@ -126,17 +132,84 @@ perform (struct command *c, const struct export_name *en, void *opaque)
   const char *v = en->verb;
 
   if (strcmp (v, "list") == 0 && en->nargs == 0)
-    return tracker_cmd_list (&c->body);
+    return tracker_cmd_list (c);
   if (strcmp (v, "create") == 0 && en->nargs == 1)
-    return tracker_cmd_create (en->args[0], &c->body, &c->ename, c->why,
-                               sizeof c->why);
+    return tracker_cmd_create (c, en->args[0]);
   if (strcmp (v, "delete") == 0 && en->nargs == 1)
-    return tracker_cmd_delete (en->args[0], &c->body, &c->ename, c->why,
-                               sizeof c->why);
+    return tracker_cmd_delete (c, en->args[0]);
   command_bad_args (c, "nbdkit-cbt-filter(1)");
   return -1;
 }
 
+/* Open an @name for a filter below: pass it down.  A snapshot revert
+ * below changes blocks we never see written: mark them first, and let no
+ * checkpoint fall between the marking and the revert.  -1 after
+ * nbdkit_error.
+ */
+static int
+open_pass (nbdkit_next_open *next, nbdkit_context *nxdata, int readonly,
+           const char *exportname)
+{
+  struct export_name sn;
+  char why[256];
+  bool revert;
+  int r;
+
+  revert = export_name_parse (exportname, "snapshot", &sn, why,
+                              sizeof why) == EXPORT_VERB &&
+    strcmp (sn.verb, "revert") == 0 && sn.nargs >= 1 &&
+    name_valid (sn.args[0], why, sizeof why);
+  if (revert) {
+    tracker_commands_lock ();
+    if (tracker_mark_revert (nbdkit_context_get_backend (nxdata),
+                             sn.args[0]) == -1) {
+      tracker_commands_unlock ();
+      nbdkit_error ("cbt: cannot record the blocks the revert to '%s' "
+                    "changes; refusing to pass it down", sn.args[0]);
+      return -1;
+    }
+  }
+  r = next (nxdata, readonly, exportname);
+  if (revert)
+    tracker_commands_unlock ();
+  return r;
+}
+
+/* Open the change map @cbt/SINCE or @cbt:diff/SINCE/UNTIL (en) as the
+ * VIEW h: the disk below, read-only.  -1 after nbdkit_error.
+ */
+static int
+open_view (nbdkit_next_open *next, nbdkit_context *nxdata,
+           const char *exportname, const struct export_name *en,
+           struct handle *h)
+{
+  const char *since, *until = NULL;
+  char why[512];
+
+  if (en->kind == EXPORT_VIEW)
+    since = en->args[0];
+  else if (en->nargs == 2) {
+    since = en->args[0];
+    until = en->args[1];
+  }
+  else {
+    nbdkit_error ("cbt: %s: expected @cbt:diff/SINCE/UNTIL", exportname);
+    return -1;
+  }
+  if (tracker_view_check (since, until, why, sizeof why) == -1) {
+    nbdkit_error ("cbt: %s: %s", exportname, why);
+    return -1;
+  }
+  h->fh.kind = VIEW;
+  snprintf (h->since, sizeof h->since, "%s", since);
+  snprintf (h->until, sizeof h->until, "%s", until ? until : "");
+  if (next (nxdata, 1, "") == -1)
+    return -1;
+  snprintf (h->fh.desc, sizeof h->fh.desc, "nbdsnap:cbt change map");
+  return 0;
+}
+
+/* Open a connection: LIVE, VIEW, COMMAND (performed now) or PASS. */
 static void *
 cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
           int readonly, const char *exportname, int is_tls)
@@ -144,7 +217,6 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   struct handle *h;
   struct export_name en;
   char why[512];
-  const char *ename;
 
   h = calloc (1, sizeof *h);
   if (h == NULL) {
@@ -156,37 +228,11 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     nbdkit_error ("cbt: bad export name %s", why);
     goto err;
 
-  case EXPORT_OTHER: {
-    struct export_name sn;
-    char w2[256];
-    bool revert;
-    int r;
-
+  case EXPORT_OTHER:
     h->fh.kind = PASS;
-    /* A snapshot revert below changes blocks we never see written: mark
-     * them, and let no checkpoint fall between the marking and the revert.
-     */
-    revert = export_name_parse (exportname, "snapshot", &sn, w2,
-                                sizeof w2) == EXPORT_VERB &&
-      strcmp (sn.verb, "revert") == 0 && sn.nargs >= 1 &&
-      name_valid (sn.args[0], w2, sizeof w2);
-    if (revert) {
-      tracker_commands_lock ();
-      if (tracker_mark_revert (nbdkit_context_get_backend (nxdata),
-                               sn.args[0]) == -1) {
-        tracker_commands_unlock ();
-        nbdkit_error ("cbt: cannot record the blocks the revert to '%s' "
-                      "changes; refusing to pass it down", sn.args[0]);
-        goto err;
-      }
-    }
-    r = next (nxdata, readonly, exportname);
-    if (revert)
-      tracker_commands_unlock ();
-    if (r == -1)
+    if (open_pass (next, nxdata, readonly, exportname) == -1)
       goto err;
     return h;
-  }
 
   case EXPORT_LIVE:
     h->fh.kind = LIVE;
@@ -196,29 +242,9 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
 
   case EXPORT_VIEW:
   case EXPORT_VERB:
-    if (en.kind == EXPORT_VIEW ||
-        strcmp (en.verb, "diff") == 0) {
-      const char *since, *until = NULL;
-      if (en.kind == EXPORT_VIEW)
-        since = en.args[0];
-      else if (en.nargs == 2) {
-        since = en.args[0];
-        until = en.args[1];
-      }
-      else {
-        nbdkit_error ("cbt: %s: expected @cbt:diff/SINCE/UNTIL", exportname);
+    if (en.kind == EXPORT_VIEW || strcmp (en.verb, "diff") == 0) {
+      if (open_view (next, nxdata, exportname, &en, h) == -1)
         goto err;
-      }
-      if (tracker_view_check (since, until, &ename, why, sizeof why) == -1) {
-        nbdkit_error ("cbt: %s: %s", exportname, why);
-        goto err;
-      }
-      h->fh.kind = VIEW;
-      snprintf (h->since, sizeof h->since, "%s", since);
-      snprintf (h->until, sizeof h->until, "%s", until ? until : "");
-      if (next (nxdata, 1, "") == -1)
-        goto err;
-      snprintf (h->fh.desc, sizeof h->fh.desc, "nbdsnap:cbt change map");
       return h;
     }
     if (strcmp (en.verb, "list") && strcmp (en.verb, "create") &&
@@ -237,6 +263,9 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   return NULL;
 }
 
+/* Check what is below: a PASS name was understood; the live disk and
+ * views see the size the tracker started with.
+ */
 static int
 cbt_prepare (nbdkit_next *next, void *handle, int readonly)
 {
@@ -274,6 +303,7 @@ cbt_prepare (nbdkit_next *next, void *handle, int readonly)
     return r;                                                           \
   } while (0)
 
+/* Write (MARKED). */
 static int
 cbt_pwrite (nbdkit_next *next, void *handle, const void *buf,
             uint32_t count, uint64_t offset, uint32_t flags, int *err)
@@ -281,6 +311,7 @@ cbt_pwrite (nbdkit_next *next, void *handle, const void *buf,
   MARKED (next->pwrite (next, buf, count, offset, flags, err));
 }
 
+/* Zero (MARKED). */
 static int
 cbt_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
           uint32_t flags, int *err)
@@ -288,6 +319,7 @@ cbt_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
   MARKED (next->zero (next, count, offset, flags, err));
 }
 
+/* Trim (MARKED). */
 static int
 cbt_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
           uint32_t flags, int *err)
@@ -295,6 +327,7 @@ cbt_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
   MARKED (next->trim (next, count, offset, flags, err));
 }
 
+/* Flush below, then make the active bitmap durable. */
 static int
 cbt_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
@@ -307,6 +340,7 @@ cbt_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
   return tracker_flush (err);
 }
 
+/* A VIEW's extents are its change map; others are the disk's. */
 static int
 cbt_extents (nbdkit_next *next, void *handle, uint32_t count,
              uint64_t offset, uint32_t flags,

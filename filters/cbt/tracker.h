@@ -15,7 +15,7 @@
 
 #include <nbdkit-filter.h>
 
-#include "json.h"
+#include "command.h"
 
 enum cbt_sync { CBT_SYNC_FLUSH, CBT_SYNC_STRICT };
 
@@ -29,10 +29,12 @@ struct tracker_config {
 /* Start: lock the dir, learn the disk size through backend, load or
  * create the state.  -1 after nbdkit_error.
  */
-int tracker_start (const struct tracker_config *cfg, nbdkit_backend *backend);
+int tracker_start (const struct tracker_config *cfg, nbdkit_backend *backend)
+  __attribute__ ((nonnull (1, 2)));
 /* Save everything and mark the state clean. */
 void tracker_stop (void);
 
+/* The size of the disk, as found at start. */
 uint64_t tracker_disk_size (void);
 
 /* Data path.  Mark [offset, offset+count) dirty before the write passes
@@ -42,32 +44,41 @@ uint64_t tracker_disk_size (void);
  */
 void tracker_enter (void);
 void tracker_leave (void);
-int tracker_mark (uint64_t offset, uint64_t count, int *err);
+int tracker_mark (uint64_t offset, uint64_t count, int *err)
+  __attribute__ ((nonnull (3)));
 /* Persist the active bitmap (after the data below was flushed). */
-int tracker_flush (int *err);
+int tracker_flush (int *err) __attribute__ ((nonnull (1)));
 
 /* Change maps.  since: checkpoint name; until: NULL for now, else a later
- * checkpoint.  Checks names and consistency.  -1 with errno name + why.
+ * checkpoint.  Checks names and consistency.  -1 with a reason in why.
  */
 int tracker_view_check (const char *since, const char *until,
-                        const char **err_name, char *why, size_t whylen);
+                        char *why, size_t whylen)
+  __attribute__ ((nonnull (1, 3)));
 /* Extents of a change map: unchanged blocks are HOLE, changed blocks are
  * data or ZERO according to next's own extents.
  */
 int tracker_extents (const char *since, const char *until, nbdkit_next *next,
                      uint32_t count, uint64_t offset, uint32_t flags,
-                     struct nbdkit_extents *extents, int *err);
+                     struct nbdkit_extents *extents, int *err)
+  __attribute__ ((nonnull (1, 3, 7, 8)));
 
-/* Commands (append members to j).  -1 with errno name + why. */
-int tracker_cmd_create (const char *name, struct jbuf *j,
-                        const char **err_name, char *why, size_t whylen);
-int tracker_cmd_list (struct jbuf *j);
-int tracker_cmd_delete (const char *name, struct jbuf *j,
-                        const char **err_name, char *why, size_t whylen);
+/* Commands: append the result members to c->body and return 0, or
+ * return command_fail (c, ...).
+ */
+/* @cbt:create/NAME: a new checkpoint, whose bitmap becomes the active one. */
+int tracker_cmd_create (struct command *c, const char *name)
+  __attribute__ ((nonnull (1, 2)));
+/* @cbt:list: the geometry and every checkpoint. */
+int tracker_cmd_list (struct command *c) __attribute__ ((nonnull (1)));
+/* @cbt:delete/NAME: merge the checkpoint's bitmap into the one before. */
+int tracker_cmd_delete (struct command *c, const char *name)
+  __attribute__ ((nonnull (1, 2)));
 
 /* For list_exports: calls fn with each checkpoint name. */
 void tracker_foreach (void (*fn) (const char *name, void *opaque),
-                      void *opaque);
+                      void *opaque)
+  __attribute__ ((nonnull (1)));
 
 /* Keep checkpoint commands out while a snapshot revert is marked and
  * passed down, so no checkpoint falls between the two.
@@ -78,6 +89,7 @@ void tracker_commands_unlock (void);
 /* A snapshot revert is about to pass down: ask the snapshot filter below
  * (through backend) which blocks it will change and mark them dirty.
  */
-int tracker_mark_revert (nbdkit_backend *backend, const char *snapshot);
+int tracker_mark_revert (nbdkit_backend *backend, const char *snapshot)
+  __attribute__ ((nonnull (1, 2)));
 
 #endif /* NBDSNAP_CBT_TRACKER_H */

@@ -10,6 +10,8 @@
 
 #include <pthread.h>
 
+#include "lockscope.h"
+
 struct gate {
   unsigned inflight;            /* atomic */
   int held;                     /* atomic */
@@ -29,5 +31,29 @@ void gate_leave (struct gate *g) __attribute__ ((nonnull (1)));
 void gate_hold (struct gate *g) __attribute__ ((nonnull (1)));
 /* Let requests flow again. */
 void gate_release (struct gate *g) __attribute__ ((nonnull (1)));
+
+/* gate_hold, returning g (for GATE_HOLD_FOR_CURRENT_SCOPE). */
+static inline struct gate *
+gate_hold_scope (struct gate *g)
+{
+  gate_hold (g);
+  return g;
+}
+
+/* The cleanup of GATE_HOLD_FOR_CURRENT_SCOPE: gate_release. */
+static inline void
+gate_release_scope (struct gate **g)
+{
+  if (*g)
+    gate_release (*g);
+}
+
+/* Hold the gate g until the end of the current scope.  As with the
+ * locks of lockscope.h, what a scope takes is given back in the reverse
+ * order of taking.
+ */
+#define GATE_HOLD_FOR_CURRENT_SCOPE(g)                                  \
+  __attribute__ ((cleanup (gate_release_scope), unused))                \
+  struct gate *LOCKSCOPE_NAME (gate_held_) = gate_hold_scope (g)
 
 #endif /* NBDSNAP_GATE_H */
