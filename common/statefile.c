@@ -33,56 +33,6 @@ dir_check_writable (int dirfd)
 }
 
 int
-state_text_write (int dirfd, const char *name, const char *text, size_t len)
-{
-  uint8_t sum[SHA256_LEN];
-  char *buf = malloc (len + 8 + 2 * SHA256_LEN + 2);
-  int r;
-
-  if (buf == NULL)
-    return -1;
-  if (sha256_buf (text, len, sum) == -1) {
-    free (buf);
-    return -1;
-  }
-  memcpy (buf, text, len);
-  memcpy (buf + len, "sha256 ", 7);
-  hex_encode (sum, SHA256_LEN, buf + len + 7);
-  buf[len + 7 + 2 * SHA256_LEN] = '\n';
-  r = statefile_write (dirfd, name, buf, len + 8 + 2 * SHA256_LEN);
-  free (buf);
-  return r;
-}
-
-int
-state_text_check (char *text, size_t len, char *why, size_t whylen)
-{
-  uint8_t sum[SHA256_LEN], calc[SHA256_LEN];
-  char *sumline;
-
-  if (len == 0 || text[len - 1] != '\n') {
-    snprintf (why, whylen, "truncated state file (no final newline)");
-    return -1;
-  }
-  text[len - 1] = '\0';
-  sumline = strrchr (text, '\n');
-  if (sumline == NULL || strncmp (sumline + 1, "sha256 ", 7) != 0 ||
-      strlen (sumline + 8) != 2 * SHA256_LEN ||
-      hex_decode (sumline + 8, sum, SHA256_LEN) == -1) {
-    snprintf (why, whylen, "not an nbdsnap state file, or truncated (no "
-              "checksum line)");
-    return -1;
-  }
-  sumline[1] = '\0';            /* keep the newline the sum covers */
-  if (sha256_buf (text, sumline + 1 - text, calc) == -1 ||
-      memcmp (sum, calc, SHA256_LEN) != 0) {
-    snprintf (why, whylen, "checksum mismatch: the state file is corrupt");
-    return -1;
-  }
-  return 0;
-}
-
-int
 fsync_dirfd (int dirfd)
 {
   return fsync (dirfd);

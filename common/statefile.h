@@ -2,7 +2,8 @@
  *
  * Every state file is written to NAME.tmp, fsynced, renamed over NAME
  * and the directory fsynced, so that after a crash either the old or the
- * new version is found, never a mixture.
+ * new version is found, never a mixture.  Text state files are built on
+ * this by kvtext.h, binary ones by binhdr.h.
  */
 #ifndef NBDSNAP_STATEFILE_H
 #define NBDSNAP_STATEFILE_H
@@ -28,18 +29,6 @@ int statefile_read (int dirfd, const char *name, char **buf, size_t *len)
  * errno if not (catches read-only mounts and immutable directories).
  */
 int dir_check_writable (int dirfd);
-
-/* Text state files end with a line "sha256 HEX" over every byte before
- * it.  state_text_check verifies that line and cuts it off (text then
- * holds only the lines it covered); -1 with a reason in why.
- */
-int state_text_check (char *text, size_t len, char *why, size_t whylen)
-  __attribute__ ((nonnull (1, 3)));
-
-/* Atomically write text followed by its "sha256 HEX" line. */
-int state_text_write (int dirfd, const char *name, const char *text,
-                      size_t len)
-  __attribute__ ((nonnull (2, 3)));
 
 /* fsync a directory. */
 int fsync_dirfd (int dirfd);
