@@ -30,7 +30,9 @@ TESTS = \
 	tests/test-nbdsnap-damage.sh \
 	tests/test-nbdsnap-e2e.sh \
 	tests/test-nbdsnap-errors.sh \
+	tests/test-nbdsnap-json.sh \
 	tests/test-nbdsnap-manage.sh \
+	tests/test-nbdsnap-uri.sh \
 	tests/test-snapshot-badnames.sh \
 	tests/test-snapshot-badparams.sh \
 	tests/test-snapshot-badstate.sh \

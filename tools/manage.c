@@ -11,7 +11,6 @@
  */
 #include <config.h>
 
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,68 +18,70 @@
 
 #include <libnbd.h>
 
+#include "exportname.h"
 #include "nbdsnap.h"
 
-/* Run a command export and check "ok".  On success *docp is the result
- * (caller frees).  With --json the result is printed as it is.
+/* Run a command export and check "ok".  On success res holds the
+ * result (caller frees: result_free).  With --json the result is printed
+ * as it is.
  */
 static int
 do_command (const char *uri, const char *exportname, const char *filter,
-            char **docp)
+            struct result *res)
 {
-  bool refused;
   char err[ERRLEN], e2[ERRLEN];
-  char *doc;
   size_t len;
 
-  *docp = NULL;
-  doc = run_command (uri, exportname, &refused, err, sizeof err);
-  if (doc == NULL) {
-    if (refused)
-      return fail (EXIT_FAILED, "the server refused '%s' (is the %s filter "
-                   "loaded in this server?): %s", exportname, filter, err);
+  switch (run_command (uri, exportname, res, err, sizeof err)) {
+  case CMD_DONE:
+    break;
+  case CMD_UNREACHABLE:
     return fail (EXIT_USAGE, "cannot connect to %s: %s", uri, err);
+  case CMD_REFUSED:
+    return fail (EXIT_FAILED, "the server refused '%s' (is the %s filter "
+                 "loaded in this server?): %s", exportname, filter, err);
+  case CMD_INVALID:
+    return fail (EXIT_FAILED, "%s", err);
   }
   if (opt_json) {
-    len = strlen (doc);
-    fputs (doc, stdout);
-    if (len == 0 || doc[len - 1] != '\n')
+    len = strlen (res->text);
+    fputs (res->text, stdout);
+    if (len == 0 || res->text[len - 1] != '\n')
       putchar ('\n');
   }
-  if (!jok (doc)) {
-    jerror (doc, e2, sizeof e2);
+  if (!res->ok) {
+    result_error (res->root, e2, sizeof e2);
     msg ("%s: %s", exportname, e2);
-    free (doc);
+    result_free (res);
     return EXIT_FAILED;
   }
-  *docp = doc;
   return EXIT_OK;
 }
 
+/* Usage error unless min <= n <= max. */
 static void
-need_args (const char *verb, int n, int min, int max, const char *synopsis)
+need_args (int n, int min, int max, const char *synopsis)
 {
   if (n < min || n > max)
     usage_error ("usage: nbdsnap %s", synopsis);
-  (void) verb;
 }
 
+/* Usage error unless name is a valid name (the filters' rule). */
 static void
 check_name (const char *what, const char *name)
 {
-  if (!filter_name_ok (name))
+  char why[256];
+
+  if (!name_valid (name, why, sizeof why))
     usage_error ("invalid %s name '%s' (1 to 64 of A-Z a-z 0-9 . _ -, "
                  "not '.', no '..')", what, name);
 }
 
-static void
-check_uri (const char *uri)
+/* s, or "" if it is NULL. */
+static const char *
+str_or_empty (const char *s)
 {
-  char *u = uri_with_export (uri, "");
-  if (u == NULL)
-    usage_error ("'%s' is not an NBD URI (nbd://HOST[:PORT]/, "
-                 "nbd+unix:///?socket=PATH, nbds://...)", uri);
-  free (u);
+  return s ? s : "";
 }
 
 /*--------------------------------------------------------- change maps --*/
@@ -95,10 +96,11 @@ show_map (const char *uri, const char *exportname, const char *what)
   size_t n = 0, i;
   int64_t size;
   uint64_t changed = 0;
+  bool refused;
 
-  h = connect_export (uri, exportname, true, err, sizeof err);
+  h = connect_export (uri, exportname, true, &refused, err, sizeof err);
   if (h == NULL)
-    return open_failed (uri, exportname, what, err,
+    return open_failed (uri, exportname, refused, what, err,
                         "no such snapshot or checkpoint, or the filter is "
                         "not loaded (see the server's log)");
   size = nbd_get_size (h);
@@ -154,18 +156,18 @@ show_map (const char *uri, const char *exportname, const char *what)
  */
 static int
 run_list (char **pos, int n, const char *synopsis, const char *exportname,
-          const char *filter, void (*print) (const char *))
+          const char *filter, void (*print) (struct json_object *))
 {
-  char *doc;
+  struct result res;
   int r;
 
-  need_args ("list", n, 1, 1, synopsis);
+  need_args (n, 1, 1, synopsis);
   check_uri (pos[0]);
-  if ((r = do_command (pos[0], exportname, filter, &doc)))
+  if ((r = do_command (pos[0], exportname, filter, &res)))
     return r;
   if (!opt_json)
-    print (doc);
-  free (doc);
+    print (res.root);
+  result_free (&res);
   return EXIT_OK;
 }
 
@@ -178,7 +180,7 @@ run_diff (char **pos, int n, const char *what, const char *synopsis,
 {
   char ex[256], title[32];
 
-  need_args ("diff", n, 2, 3, synopsis);
+  need_args (n, 2, 3, synopsis);
   check_uri (pos[0]);
   check_name (what, pos[1]);
   if (n == 3) {
@@ -193,44 +195,48 @@ run_diff (char **pos, int n, const char *what, const char *synopsis,
 
 /*------------------------------------------------------------ snapshot --*/
 
+/* The table of "nbdsnap snapshot list". */
 static void
-print_snapshots (const char *doc)
+print_snapshots (struct json_object *doc)
 {
-  const char *it = NULL, *s, *live;
-  char name[80], parent[80], created[40], a[32];
+  struct json_object *s, *live;
+  const char *parent;
+  char a[32];
   uint64_t bytes;
-  bool merging, isnull;
+  bool merging;
+  size_t i;
 
   printf ("%-24s %-24s %-21s %8s\n", "NAME", "PARENT", "CREATED", "BYTES");
-  while ((s = jnext (jget (doc, "snapshots"), &it)) != NULL) {
-    jstr (jget (s, "name"), name, sizeof name, NULL);
-    jstr (jget (s, "parent"), parent, sizeof parent, &isnull);
-    jstr (jget (s, "created"), created, sizeof created, NULL);
-    if (!jnum (jget (s, "bytes"), &bytes))
-      bytes = 0;
-    if (!jbool (jget (s, "merging"), &merging))
-      merging = false;
-    printf ("%-24s %-24s %-21s %8s%s\n", name, isnull ? "-" : parent,
-            created, human_size (bytes, a, sizeof a),
+  for (i = 0; i < jlen (doc, "snapshots"); ++i) {
+    s = jat (doc, "snapshots", i);
+    parent = jstr (s, "parent");
+    bytes = 0;
+    jnum (s, "bytes", &bytes);
+    merging = false;
+    jbool (s, "merging", &merging);
+    printf ("%-24s %-24s %-21s %8s%s\n", str_or_empty (jstr (s, "name")),
+            parent ? parent : "-", str_or_empty (jstr (s, "created")),
+            human_size (bytes, a, sizeof a),
             merging ? "  (deleted, merging)" : "");
   }
   live = jget (doc, "live");
   if (live) {
-    jstr (jget (live, "parent"), parent, sizeof parent, &isnull);
-    if (!jnum (jget (live, "bytes"), &bytes))
-      bytes = 0;
-    printf ("%-24s %-24s %-21s %8s\n", "(live disk)", isnull ? "-" : parent,
+    parent = jstr (live, "parent");
+    bytes = 0;
+    jnum (live, "bytes", &bytes);
+    printf ("%-24s %-24s %-21s %8s\n", "(live disk)", parent ? parent : "-",
             "", human_size (bytes, a, sizeof a));
   }
 }
 
+/* nbdsnap snapshot create|list|revert|delete|diff URI ... */
 int
 cmd_snapshot (int argc, char **argv)
 {
   char *pos[4], ex[256];
   bool force = false;
   const char *verb;
-  char *doc;
+  struct result res;
   int n, r;
 
   if (argc < 2)
@@ -256,7 +262,7 @@ cmd_snapshot (int argc, char **argv)
   check_name ("snapshot", pos[1]);
   snprintf (ex, sizeof ex, "@snapshot:%s/%s%s", verb, pos[1],
             force ? "/force" : "");
-  if ((r = do_command (pos[0], ex, "snapshot", &doc)))
+  if ((r = do_command (pos[0], ex, "snapshot", &res)))
     return r;
   if (!opt_json) {
     if (strcmp (verb, "create") == 0)
@@ -264,52 +270,54 @@ cmd_snapshot (int argc, char **argv)
     else if (strcmp (verb, "revert") == 0) {
       uint64_t d = 0;
       char a[32];
-      jnum (jget (doc, "discarded_bytes"), &d);
+      jnum (res.root, "discarded_bytes", &d);
       printf ("live disk reverted to snapshot '%s' (%s discarded)\n",
               pos[1], human_size (d, a, sizeof a));
     }
     else
       printf ("snapshot '%s' deleted\n", pos[1]);
   }
-  free (doc);
+  result_free (&res);
   return EXIT_OK;
 }
 
 /*---------------------------------------------------------- checkpoint --*/
 
+/* The table of "nbdsnap checkpoint list". */
 static void
-print_checkpoints (const char *doc)
+print_checkpoints (struct json_object *doc)
 {
-  const char *it = NULL, *c;
-  char name[80], created[40], a[32], sync[16] = "";
+  struct json_object *c;
+  char a[32];
   uint64_t bytes, gran = 0;
   bool consistent;
+  size_t i;
 
-  jstr (jget (doc, "sync"), sync, sizeof sync, NULL);
-  jnum (jget (doc, "granularity"), &gran);
+  jnum (doc, "granularity", &gran);
   printf ("%-24s %-21s %-10s %10s\n", "NAME", "CREATED", "CONSISTENT",
           "CHANGED");
-  while ((c = jnext (jget (doc, "checkpoints"), &it)) != NULL) {
-    jstr (jget (c, "name"), name, sizeof name, NULL);
-    jstr (jget (c, "created"), created, sizeof created, NULL);
-    if (!jbool (jget (c, "consistent"), &consistent))
-      consistent = false;
-    if (!jnum (jget (c, "dirty_bytes"), &bytes))
-      bytes = 0;
-    printf ("%-24s %-21s %-10s %10s\n", name, created,
+  for (i = 0; i < jlen (doc, "checkpoints"); ++i) {
+    c = jat (doc, "checkpoints", i);
+    consistent = false;
+    jbool (c, "consistent", &consistent);
+    bytes = 0;
+    jnum (c, "dirty_bytes", &bytes);
+    printf ("%-24s %-21s %-10s %10s\n", str_or_empty (jstr (c, "name")),
+            str_or_empty (jstr (c, "created")),
             consistent ? "yes" : "NO", human_size (bytes, a, sizeof a));
   }
   if (gran)
     printf ("(granularity %s, cbt-sync=%s)\n", human_size (gran, a, sizeof a),
-            sync);
+            str_or_empty (jstr (doc, "sync")));
 }
 
+/* nbdsnap checkpoint create|list|delete|diff URI ... */
 int
 cmd_checkpoint (int argc, char **argv)
 {
   char *pos[4], ex[256];
   const char *verb;
-  char *doc;
+  struct result res;
   int n, r;
 
   if (argc < 2)
@@ -331,63 +339,62 @@ cmd_checkpoint (int argc, char **argv)
   check_uri (pos[0]);
   check_name ("checkpoint", pos[1]);
   snprintf (ex, sizeof ex, "@cbt:%s/%s", verb, pos[1]);
-  if ((r = do_command (pos[0], ex, "cbt", &doc)))
+  if ((r = do_command (pos[0], ex, "cbt", &res)))
     return r;
   if (!opt_json) {
     if (strcmp (verb, "create") == 0)
       printf ("checkpoint '%s' created\n", pos[1]);
     else {
-      char into[80] = "";
-      bool isnull = true;
-      jstr (jget (doc, "merged_into"), into, sizeof into, &isnull);
-      if (isnull || into[0] == '\0')
+      const char *into = jstr (res.root, "merged_into");
+      if (into == NULL || into[0] == '\0')
         printf ("checkpoint '%s' deleted\n", pos[1]);
       else
         printf ("checkpoint '%s' deleted (its changes now count for "
                 "'%s')\n", pos[1], into);
     }
   }
-  free (doc);
+  result_free (&res);
   return EXIT_OK;
 }
 
 /*-------------------------------------------------------------- freeze --*/
 
+/* One row of "nbdsnap freeze list". */
 static void
-print_point (const char *p)
+print_point (struct json_object *p)
 {
-  char name[80], created[40], a[32], err[ERRLEN];
+  char a[32];
   uint64_t scratch = 0;
   bool cp = false, aborted = false;
 
-  jstr (jget (p, "name"), name, sizeof name, NULL);
-  jstr (jget (p, "created"), created, sizeof created, NULL);
-  jbool (jget (p, "checkpoint"), &cp);
-  jbool (jget (p, "aborted"), &aborted);
-  jnum (jget (p, "scratch_bytes"), &scratch);
-  jstr (jget (p, "error"), err, sizeof err, NULL);
-  printf ("%-24s %-21s %-10s %10s  %s%s\n", name, created, cp ? "yes" : "no",
+  jbool (p, "checkpoint", &cp);
+  jbool (p, "aborted", &aborted);
+  jnum (p, "scratch_bytes", &scratch);
+  printf ("%-24s %-21s %-10s %10s  %s%s\n", str_or_empty (jstr (p, "name")),
+          str_or_empty (jstr (p, "created")), cp ? "yes" : "no",
           human_size (scratch, a, sizeof a), aborted ? "ABORTED: " : "",
-          aborted ? err : "");
+          aborted ? str_or_empty (jstr (p, "error")) : "");
 }
 
+/* The table of "nbdsnap freeze list". */
 static void
-print_points (const char *doc)
+print_points (struct json_object *doc)
 {
-  const char *it = NULL, *p;
+  size_t i;
 
   printf ("%-24s %-21s %-10s %10s\n", "NAME", "CREATED", "CHECKPOINT",
           "SCRATCH");
-  while ((p = jnext (jget (doc, "points"), &it)) != NULL)
-    print_point (p);
+  for (i = 0; i < jlen (doc, "points"); ++i)
+    print_point (jat (doc, "points", i));
 }
 
+/* nbdsnap freeze begin|list|end URI ... */
 int
 cmd_freeze (int argc, char **argv)
 {
   char *pos[4], ex[256];
   const char *verb;
-  char *doc;
+  struct result res;
   int n, r;
 
   if (argc < 2)
@@ -404,12 +411,12 @@ cmd_freeze (int argc, char **argv)
   check_uri (pos[0]);
   check_name ("frozen point", pos[1]);
   snprintf (ex, sizeof ex, "@freeze:%s/%s", verb, pos[1]);
-  if ((r = do_command (pos[0], ex, "freeze", &doc)))
+  if ((r = do_command (pos[0], ex, "freeze", &res)))
     return r;
   if (!opt_json) {
     if (strcmp (verb, "begin") == 0) {
       bool cp = false;
-      jbool (jget (jget (doc, "point"), "checkpoint"), &cp);
+      jbool (jget (res.root, "point"), "checkpoint", &cp);
       printf ("frozen point '%s' held%s; read it as export @freeze/%s, "
               "release it with: nbdsnap freeze end URI %s\n", pos[1],
               cp ? " (with checkpoint)" : "", pos[1], pos[1]);
@@ -417,6 +424,6 @@ cmd_freeze (int argc, char **argv)
     else
       printf ("frozen point '%s' released\n", pos[1]);
   }
-  free (doc);
+  result_free (&res);
   return EXIT_OK;
 }
