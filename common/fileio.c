@@ -59,6 +59,10 @@ pwrite_full (int fd, const void *buf, size_t len, uint64_t off)
         continue;
       return -1;
     }
+    if (r == 0) {               /* no progress: never loop on it */
+      errno = EIO;
+      return -1;
+    }
     p += r;
     len -= r;
     off += r;
@@ -76,6 +80,10 @@ write_full (int fd, const void *buf, size_t len)
     if (r == -1) {
       if (errno == EINTR)
         continue;
+      return -1;
+    }
+    if (r == 0) {
+      errno = EIO;
       return -1;
     }
     p += r;

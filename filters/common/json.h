@@ -1,6 +1,7 @@
 /* nbdsnap filters: building small JSON result documents.
  *
- * Only a writer: nbdsnap never parses JSON in C.
+ * Only a writer.  Reading JSON (the tool reading command results, the
+ * freeze filter reading the cbt filter's answer) goes through json-c.
  */
 #ifndef NBDSNAP_JSON_H
 #define NBDSNAP_JSON_H
