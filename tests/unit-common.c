@@ -15,6 +15,7 @@
 #include "fileio.h"
 #include "gate.h"
 #include "geom.h"
+#include "json.h"
 #include "kvtext.h"
 #include "lockscope.h"
 
@@ -285,6 +286,37 @@ test_gate_scope (void)
   gate_leave (&g);
 }
 
+/* jb_str of s must give exactly want. */
+static void
+check_jstr (const char *s, const char *want)
+{
+  struct jbuf j = { 0 };
+
+  jb_str (&j, s);
+  CHECK (!j.oom && j.p && strcmp (j.p, want) == 0);
+  if (j.p && strcmp (j.p, want) != 0)
+    fprintf (stderr, "  jb_str gave %s, wanted %s\n", j.p, want);
+  jb_free (&j);
+}
+
+static void
+test_json_writer (void)
+{
+  check_jstr ("plain", "\"plain\"");
+  check_jstr ("q\"b\\", "\"q\\\"b\\\\\"");
+  check_jstr ("\n\x01\x7f", "\"\\u000a\\u0001\\u007f\"");
+  check_jstr ("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80" "",
+              "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"");
+  /* Not UTF-8: a lone continuation byte, a cut sequence, an overlong
+   * form, a surrogate, a byte that never starts a sequence.
+   */
+  check_jstr ("a\x80" "b", "\"a\\ufffdb\"");
+  check_jstr ("\xc3", "\"\\ufffd\"");
+  check_jstr ("\xc0\xaf", "\"\\ufffd\\ufffd\"");
+  check_jstr ("\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\"");
+  check_jstr ("\xff", "\"\\ufffd\"");
+}
+
 int
 main (void)
 {
@@ -293,6 +325,7 @@ main (void)
   test_geom ();
   test_fileio ();
   test_lockscope ();
+  test_json_writer ();
   test_gate_scope ();
   if (failures) {
     fprintf (stderr, "unit-common: %d check(s) failed\n", failures);
