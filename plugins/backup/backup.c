@@ -3,7 +3,7 @@
  *
  *   nbdkit backup repo=DIR point=NAME
  *
- * All repository access goes through common/repo.h: the point's chain is
+ * All repository access goes through repo/repo.h: the point's chain is
  * loaded once (configuration time), each block's owner is found through
  * the reader's per-block map, and every block read is checked against its
  * SHA-256 (a mismatch is EIO, never wrong data).
