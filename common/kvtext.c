@@ -26,7 +26,7 @@ int
 kv_write_file (int dirfd, const char *name, const char *body, size_t len)
 {
   char *buf = malloc (len + KV_SHA_LINE_LEN + 1);
-  int r;
+  int r, e;
 
   if (buf == NULL)
     return -1;
@@ -37,7 +37,9 @@ kv_write_file (int dirfd, const char *name, const char *body, size_t len)
     return -1;
   }
   r = statefile_write (dirfd, name, buf, len + KV_SHA_LINE_LEN);
+  e = errno;
   free (buf);
+  errno = e;
   return r;
 }
 

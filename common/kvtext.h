@@ -77,7 +77,7 @@ int kv_sha_line (const char *body, size_t len, char *line)
   __attribute__ ((nonnull (1, 3)));
 
 /* Atomically replace dir/name (statefile_write) with body followed by
- * its sha256 line.  -1 and errno.
+ * its sha256 line.  0, -1 or -2 as statefile_write (errno set).
  */
 int kv_write_file (int dirfd, const char *name, const char *body,
                    size_t len)

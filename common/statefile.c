@@ -11,6 +11,7 @@
 
 #include <gnutls/crypto.h>
 
+#include "fileio.h"
 #include "statefile.h"
 
 int
@@ -42,8 +43,6 @@ int
 statefile_write (int dirfd, const char *name, const void *buf, size_t len)
 {
   char tmp[256];
-  const char *p = buf;
-  size_t done = 0;
   int fd, saved;
 
   if (snprintf (tmp, sizeof tmp, "%s.tmp", name) >= (int) sizeof tmp) {
@@ -53,30 +52,23 @@ statefile_write (int dirfd, const char *name, const void *buf, size_t len)
   fd = openat (dirfd, tmp, O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0644);
   if (fd == -1)
     return -1;
-  while (done < len) {
-    ssize_t r = write (fd, p + done, len - done);
-    if (r == -1) {
-      if (errno == EINTR) continue;
-      goto err;
-    }
-    done += r;
-  }
+  if (write_full (fd, buf, len) == -1)
+    goto err;
   if (fsync (fd) == -1)
     goto err;
-  if (close (fd) == -1) {
+  if (close_written (fd) == -1) {
     fd = -1;
     goto err;
   }
   fd = -1;
   if (renameat (dirfd, tmp, dirfd, name) == -1)
     goto err;
-  /* The new file is in place whatever happens now: reporting a failure
-   * would make the caller undo work the file already describes.  A
-   * failing directory fsync is retried once and otherwise left to the
-   * next state write (which fsyncs the directory again).
+  /* The new file is in place whatever happens now: if the directory
+   * cannot be made durable, say so without pretending the old file is
+   * back.
    */
   if (fsync_dirfd (dirfd) == -1)
-    (void) fsync_dirfd (dirfd);
+    return -2;
   return 0;
 
  err:

@@ -13,8 +13,15 @@
 
 #define SHA256_LEN 32
 
-/* Atomically replace dir/name with len bytes of buf.  -1 and errno on error
- * (the old file, if any, is left intact).
+/* Atomically replace dir/name with len bytes of buf (written to
+ * NAME.tmp, fsynced, renamed, directory fsynced).  Returns:
+ *    0  done, durable;
+ *   -1  (errno) not done: the old file, if any, is intact;
+ *   -2  (errno) the new file is in place, but the directory could not be
+ *       made durable: after a crash either version may be found.  The
+ *       caller must treat this as an I/O error that is not undone (what
+ *       is in memory now matches the new file) and stop trusting the
+ *       directory: Linux reports a writeback error only once.
  */
 int statefile_write (int dirfd, const char *name, const void *buf, size_t len)
   __attribute__ ((nonnull (2, 3)));

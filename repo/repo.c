@@ -148,7 +148,7 @@ repo_init (const char *dir, uint32_t block_size, char *err, size_t errlen)
                   "version %d\n"
                   "block-size %" PRIu32 "\n"
                   "created %s\n", REPO_VERSION, block_size, tbuf);
-  if (kv_write_file (fd, "repository", buf, len) == -1) {
+  if (kv_write_file (fd, "repository", buf, len) < 0) {
     seterr (err, errlen, "cannot write %s/repository: %m", dir);
     close (fd);
     return -1;

@@ -58,6 +58,8 @@ bm_write (struct ckpt *c, bool sealed)
   }
   bm_name (c->id, name, sizeof name);
   r = statefile_write (T.dirfd, name, buf, len);
+  if (r == -2)             /* in place, directory not durable: as before */
+    r = 0;
   free (buf);
   return r;
 }

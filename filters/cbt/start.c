@@ -47,34 +47,7 @@ tracker_disk_size (void)
 static int
 open_dir (void)
 {
-  if (mkdir (T.dir, 0755) == -1 && errno != EEXIST) {
-    nbdkit_error ("cbt-dir %s: cannot create it: %m", T.dir);
-    return -1;
-  }
-  T.dirfd = open (T.dir, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
-  if (T.dirfd == -1) {
-    nbdkit_error ("cbt-dir %s: %m", T.dir);
-    return -1;
-  }
-  T.lockfd = openat (T.dirfd, "lock", O_RDWR|O_CREAT|O_CLOEXEC, 0644);
-  if (T.lockfd == -1) {
-    nbdkit_error ("cbt-dir %s: not writable (%m): fix the permissions or "
-                  "the mount", T.dir);
-    return -1;
-  }
-  if (flock (T.lockfd, LOCK_EX|LOCK_NB) == -1) {
-    nbdkit_error ("cbt-dir %s: in use by another nbdkit process (its lock "
-                  "file is held); stop it first or use another directory",
-                  T.dir);
-    return -1;
-  }
-  if (dir_check_writable (T.dirfd) == -1) {
-    nbdkit_error ("cbt-dir %s: not writable (%m): nbdkit needs to create, "
-                  "rename and remove files there; fix the permissions, the "
-                  "mount or the immutable attribute", T.dir);
-    return -1;
-  }
-  return 0;
+  return statedir_open_locked ("cbt-dir", T.dir, &T.dirfd, &T.lockfd);
 }
 
 /* Is id the id of a checkpoint (for statedir_remove_strays)? */

@@ -52,6 +52,8 @@ save_state (bool running)
     return -1;
   }
   r = kv_write_file (T.dirfd, STATE_NAME, j.p, j.len);
+  if (r == -2)             /* in place, directory not durable: as before */
+    r = 0;
   jb_free (&j);
   return r;
 }

@@ -2,19 +2,59 @@
 #include <config.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <nbdkit-filter.h>
 
 #include "statedir.h"
+#include "statefile.h"
+
+int
+statedir_open_locked (const char *param, const char *dir, int *dirfd,
+                      int *lockfd)
+{
+  *dirfd = *lockfd = -1;
+  if (mkdir (dir, 0700) == -1 && errno != EEXIST) {
+    nbdkit_error ("%s %s: cannot create it: %m", param, dir);
+    return -1;
+  }
+  *dirfd = open (dir, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  if (*dirfd == -1) {
+    nbdkit_error ("%s %s: %m", param, dir);
+    return -1;
+  }
+  *lockfd = openat (*dirfd, "lock", O_RDWR|O_CREAT|O_CLOEXEC, 0600);
+  if (*lockfd == -1) {
+    nbdkit_error ("%s %s: not writable (%m): nbdkit needs to write its "
+                  "state there; fix the permissions or the mount", param,
+                  dir);
+    return -1;
+  }
+  if (flock (*lockfd, LOCK_EX|LOCK_NB) == -1) {
+    nbdkit_error ("%s %s: in use by another nbdkit process (its lock file "
+                  "is held); stop it first or use another directory", param,
+                  dir);
+    return -1;
+  }
+  if (dir_check_writable (*dirfd) == -1) {
+    nbdkit_error ("%s %s: not writable (%m): nbdkit needs to create, "
+                  "rename and remove files there; fix the permissions, the "
+                  "mount or the immutable attribute", param, dir);
+    return -1;
+  }
+  return 0;
+}
 
 DIR *
 statedir_open (int dirfd)
 {
-  int fd = dup (dirfd), saved;
+  int fd = openat (dirfd, ".", O_RDONLY|O_DIRECTORY|O_CLOEXEC), saved;
   DIR *d;
 
   if (fd == -1)

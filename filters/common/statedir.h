@@ -10,8 +10,21 @@
 #include <stdint.h>
 #include <dirent.h>
 
-/* A directory stream over a duplicate of dirfd (closedir leaves dirfd
- * open).  NULL and errno on error.
+/* Create dir if missing (mode 0700: the files in it describe disk
+ * contents), open it, take its lock file (flock, held while nbdkit
+ * runs: one nbdkit per directory) and check that files can be created,
+ * renamed and removed in it.  param names the parameter in messages
+ * ("snapshot-dir").  0 with *dirfd and *lockfd open, or -1 after
+ * nbdkit_error.
+ */
+int statedir_open_locked (const char *param, const char *dir, int *dirfd,
+                          int *lockfd)
+  __attribute__ ((nonnull (1, 2, 3, 4)));
+
+/* A directory stream over dirfd's directory, opened anew: its read
+ * position is its own (a dup() would share dirfd's, so a second scan
+ * of the same directory would find nothing).  closedir leaves dirfd
+ * open.  NULL and errno on error.
  */
 DIR *statedir_open (int dirfd);
 

@@ -150,6 +150,8 @@ write_map (int dirfd, struct layer *l, const struct geom *g)
   if (fdatasync (l->fd) == 0 && binhdr_seal (buf, len) == 0) {
     layer_map_name (l->id, name, sizeof name);
     r = statefile_write (dirfd, name, buf, len);
+    if (r == -2)             /* in place, directory not durable: as before */
+      r = 0;
   }
   free (buf);
   return r;

@@ -18,6 +18,7 @@
 #include <gnutls/crypto.h>
 
 #include "lockscope.h"
+#include "statedir.h"
 #include "store-internal.h"
 
 /* The store. */
@@ -111,35 +112,7 @@ probe_plugin (nbdkit_backend *backend)
 static int
 open_dir (void)
 {
-  if (mkdir (S.dir, 0755) == -1 && errno != EEXIST) {
-    nbdkit_error ("snapshot-dir %s: cannot create it: %m", S.dir);
-    return -1;
-  }
-  S.dirfd = open (S.dir, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
-  if (S.dirfd == -1) {
-    nbdkit_error ("snapshot-dir %s: %m", S.dir);
-    return -1;
-  }
-  S.lockfd = openat (S.dirfd, "lock", O_RDWR|O_CREAT|O_CLOEXEC, 0644);
-  if (S.lockfd == -1) {
-    nbdkit_error ("snapshot-dir %s: not writable (%m): nbdkit needs to "
-                  "write its layers there; fix the permissions or the mount",
-                  S.dir);
-    return -1;
-  }
-  if (flock (S.lockfd, LOCK_EX|LOCK_NB) == -1) {
-    nbdkit_error ("snapshot-dir %s: in use by another nbdkit process (its "
-                  "lock file is held); stop it first or use another "
-                  "directory", S.dir);
-    return -1;
-  }
-  if (dir_check_writable (S.dirfd) == -1) {
-    nbdkit_error ("snapshot-dir %s: not writable (%m): nbdkit needs to create, "
-                  "rename and remove files there; fix the permissions, the "
-                  "mount or the immutable attribute", S.dir);
-    return -1;
-  }
-  return 0;
+  return statedir_open_locked ("snapshot-dir", S.dir, &S.dirfd, &S.lockfd);
 }
 
 /* Start the store (see store.h). */

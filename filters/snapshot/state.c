@@ -66,6 +66,8 @@ save_state (void)
     return -1;
   }
   r = kv_write_file (S.dirfd, STATE_NAME, j.p, j.len);
+  if (r == -2)             /* in place, directory not durable: as before */
+    r = 0;
   jb_free (&j);
   return r;
 }
