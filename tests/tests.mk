@@ -24,8 +24,10 @@ TESTS = \
 	tests/test-freeze-end-after-close.sh \
 	tests/test-freeze-end-open-view.sh \
 	tests/test-freeze-nocbt.sh \
+	tests/test-freeze-one-disk.sh \
 	tests/test-freeze-revert.sh \
 	tests/test-freeze-scratch.sh \
+	tests/test-freeze-startup.sh \
 	tests/test-freeze-t1t4.sh \
 	tests/test-nbdsnap-damage.sh \
 	tests/test-nbdsnap-e2e.sh \

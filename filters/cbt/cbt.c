@@ -24,6 +24,7 @@
 #include "filterhandle.h"
 #include "param.h"
 #include "policy.h"
+#include "stack.h"
 #include "tracker.h"
 
 struct handle {
@@ -106,6 +107,7 @@ cbt_unload (void)
 static int
 cbt_get_ready (int thread_model)
 {
+  stack_get_ready (STACK_CBT);   /* for the nbdsnap filters above */
   return tracker_start (&cfg, backend);
 }
 

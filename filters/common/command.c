@@ -107,7 +107,14 @@ command_pread (const char *json, size_t json_len, void *buf,
 int64_t
 disk_below_size (nbdkit_backend *backend, const char *filter)
 {
-  nbdkit_next *next = nbdkit_next_context_open (backend, 1, "", 1);
+  return disk_below_size_of (backend, "", filter);
+}
+
+int64_t
+disk_below_size_of (nbdkit_backend *backend, const char *exportname,
+                    const char *filter)
+{
+  nbdkit_next *next = nbdkit_next_context_open (backend, 1, exportname, 1);
   int64_t size = -1;
 
   if (next != NULL) {

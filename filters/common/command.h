@@ -69,4 +69,11 @@ int command_check_below (nbdkit_next *next, const char *filter)
 int64_t disk_below_size (nbdkit_backend *backend, const char *filter)
   __attribute__ ((nonnull (1, 2)));
 
+/* The same for the export called exportname (the disk a filter is bound
+ * to: see diskname.h).
+ */
+int64_t disk_below_size_of (nbdkit_backend *backend, const char *exportname,
+                            const char *filter)
+  __attribute__ ((nonnull (1, 2, 3)));
+
 #endif /* NBDSNAP_COMMAND_H */

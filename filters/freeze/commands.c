@@ -139,13 +139,15 @@ point_new (struct command *c, const char *name)
  * cbt filter is below (gate held: no write is in flight).
  */
 static int
-begin_held (struct command *c, struct point *p, nbdkit_backend *backend)
+begin_held (struct command *c, struct point *p, nbdkit_backend *backend,
+            bool cbt_below)
 {
   struct point **np;
   char buf[256];
-  int cp;
+  int cp = 0;
 
-  cp = make_checkpoint (backend, p->name, buf, sizeof buf);
+  if (cbt_below)
+    cp = make_checkpoint (backend, p->name, buf, sizeof buf);
   if (cp == -1)
     return command_fail (c, "EIO", "%s", buf);
   p->checkpoint = cp == 1;
@@ -165,7 +167,7 @@ begin_held (struct command *c, struct point *p, nbdkit_backend *backend)
 
 int
 points_cmd_begin (struct command *c, const char *name,
-                  nbdkit_backend *backend)
+                  nbdkit_backend *backend, bool cbt_below)
 {
   struct point *p;
   char buf[256];
@@ -185,7 +187,7 @@ points_cmd_begin (struct command *c, const char *name,
    * flight through this filter while both happen.
    */
   gate_hold (&P.gate);
-  r = begin_held (c, p, backend);
+  r = begin_held (c, p, backend, cbt_below);
   gate_release (&P.gate);
   if (r == -1) {
     point_free (p);

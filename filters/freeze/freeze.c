@@ -22,6 +22,8 @@
 
 #include "exportname.h"
 #include "command.h"
+#include "diskname.h"
+#include "stack.h"
 #include "filterhandle.h"
 #include "param.h"
 #include "points.h"
@@ -36,10 +38,13 @@ struct handle {
 static struct freeze_config cfg = { .block_size = 65536 };
 static unsigned policy = POLICY_DEFAULT;
 static nbdkit_backend *backend;
+static struct disk_name disk = DISK_NAME_INIT;
+static unsigned below;          /* nbdsnap filters below (stack.h) */
 
 static void
 freeze_unload (void)
 {
+  disk_name_free (&disk);
   free ((char *) cfg.dir);
 }
 
@@ -88,18 +93,8 @@ freeze_config_complete (nbdkit_next_config_complete *next,
 static int
 freeze_get_ready (int thread_model)
 {
+  below = stack_get_ready (STACK_FREEZE);
   return points_start (&cfg);
-}
-
-/* The disk below is probed here, not in .get_ready: nbdkit makes the
- * backend usable from .after_fork (before it, a filter below that
- * sleeps aborts nbdkit, and in daemon mode the probe would run in the
- * parent process).
- */
-static int
-freeze_after_fork (nbdkit_backend *b)
-{
-  return points_probe (b);
 }
 
 static void
@@ -125,8 +120,14 @@ perform (struct command *c, const struct export_name *en, void *b)
 
   if (strcmp (v, "list") == 0 && en->nargs == 0)
     return points_cmd_list (c);
-  if (strcmp (v, "begin") == 0 && en->nargs == 1)
-    return points_cmd_begin (c, en->args[0], b);
+  if (strcmp (v, "begin") == 0 && en->nargs == 1) {
+    /* A command may be the first connection: learn the disk size. */
+    const char *name = disk_name_get (&disk, "freeze");
+    if (name == NULL || points_use_disk (NULL, b, name) == -1)
+      return command_fail (c, "EIO", "cannot get the size of the disk "
+                           "below (see the server's log)");
+    return points_cmd_begin (c, en->args[0], b, below & STACK_CBT);
+  }
   if (strcmp (v, "end") == 0 && en->nargs == 1)
     return points_cmd_end (c, en->args[0]);
   command_bad_args (c, "nbdkit-freeze-filter(1)");
@@ -141,6 +142,8 @@ open_changes (nbdkit_backend *b, const char *base, const char *name)
   nbdkit_next *next;
   const char *d;
 
+  if (!(below & STACK_CBT))
+    goto fail;
   snprintf (ex, sizeof ex, "@cbt:diff/%s/%s", base, name);
   next = nbdkit_next_context_open (b, 1, ex, 1);
   if (next == NULL)
@@ -170,6 +173,7 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
 {
   struct handle *h;
   struct export_name en;
+  const char *dname;
   char why[512];
 
   h = calloc (1, sizeof *h);
@@ -190,6 +194,8 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
       strcmp (sn.verb, "revert") == 0;
     int r;
 
+    if (stack_check_pass (below, exportname, "freeze") == -1)
+      goto err;
     /* Inside the gate, no point can begin between the check and the
      * revert below.
      */
@@ -213,7 +219,8 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
 
   case EXPORT_LIVE:
     h->fh.kind = LIVE;
-    if (next (nxdata, readonly, exportname) == -1)
+    if (disk_name_bind (&disk, exportname, "freeze") == -1 ||
+        next (nxdata, readonly, exportname) == -1)
       goto err;
     return h;
 
@@ -244,7 +251,8 @@ freeze_open (nbdkit_next_open *next, nbdkit_context *nxdata,
         points_put (h->point);
         goto err;
       }
-      if (next (nxdata, 1, "") == -1) {
+      if ((dname = disk_name_get (&disk, "freeze")) == NULL ||
+          next (nxdata, 1, dname) == -1) {
         if (h->changes) {
           h->changes->finalize (h->changes);
           nbdkit_next_context_close (h->changes);
@@ -313,9 +321,13 @@ freeze_prepare (nbdkit_next *next, void *handle, int readonly)
 
   if (h->fh.kind == PASS && command_check_below (next, "freeze") == -1)
     return -1;
-  if ((h->fh.kind == LIVE || h->fh.kind == VIEW) &&
-      next->can_extents (next) == -1)
-    return -1;
+  if (h->fh.kind == LIVE || h->fh.kind == VIEW) {
+    /* The first connection to the disk tells its size (firstuse.h). */
+    if (points_use_disk (next, NULL, NULL) == -1)
+      return -1;
+    if (next->can_extents (next) == -1)
+      return -1;
+  }
   return 0;
 }
 
@@ -401,7 +413,6 @@ static struct nbdkit_filter filter = {
   .config_help        = freeze_config_help,
   .thread_model       = fh_thread_model,
   .get_ready          = freeze_get_ready,
-  .after_fork         = freeze_after_fork,
   .cleanup            = freeze_cleanup,
   .list_exports       = freeze_list_exports,
   .open               = freeze_open,

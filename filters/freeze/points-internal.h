@@ -16,6 +16,7 @@
 
 #include "bitmap.h"
 #include "exportname.h"
+#include "firstuse.h"
 #include "gate.h"
 #include "geom.h"
 #include "points.h"
@@ -39,7 +40,8 @@ struct points {
   char *dir;
   int dirfd;
   uint64_t max_size;            /* scratch bytes per point, 0 = no limit */
-  struct geom g;
+  struct geom g;                /* g.disk_size: once probed is done */
+  struct first_use probed;
 
   pthread_mutex_t lock;         /* commands, refs */
   pthread_cond_t unref;         /* signalled when a reference is dropped */

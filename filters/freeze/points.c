@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ struct points P = {
   .unref = PTHREAD_COND_INITIALIZER,
   .rw = PTHREAD_RWLOCK_INITIALIZER,
   .gate = GATE_INIT,
+  .probed = FIRST_USE_INIT,
 };
 
 uint32_t points_block_size (void) { return P.g.block_size; }
@@ -53,14 +55,47 @@ points_start (const struct freeze_config *cfg)
   return 0;
 }
 
-int
-points_probe (nbdkit_backend *backend)
-{
-  int64_t size = disk_below_size (backend, "freeze");
+struct probe {
+  nbdkit_next *next;
+  nbdkit_backend *backend;
+  const char *name;
+};
 
+static int
+probe (void *opaque)
+{
+  struct probe *pr = opaque;
+  int64_t size;
+
+  if (pr->next) {
+    size = pr->next->get_size (pr->next);
+    if (size == -1)
+      nbdkit_error ("freeze: cannot get the size of the disk below");
+  }
+  else
+    size = disk_below_size_of (pr->backend, pr->name, "freeze");
   if (size == -1)
     return -1;
   geom_init (&P.g, size, P.g.block_size);
+  nbdkit_debug ("freeze: disk of %" PRIi64 " bytes", size);
+  return 0;
+}
+
+int
+points_use_disk (nbdkit_next *next, nbdkit_backend *backend,
+                 const char *name)
+{
+  struct probe pr = { next, backend, name };
+  int64_t size;
+
+  if (first_use_run (&P.probed, probe, &pr) == -1)
+    return -1;
+  if (next && (size = next->get_size (next)) != (int64_t) P.g.disk_size) {
+    nbdkit_error ("freeze: the disk below changed size (%" PRIi64 " bytes, "
+                  "was %" PRIu64 ") while nbdkit runs", size,
+                  P.g.disk_size);
+    return -1;
+  }
   return 0;
 }
 

@@ -27,10 +27,13 @@ struct point;
 /* Open and check freeze-dir (.get_ready).  -1 after nbdkit_error. */
 int points_start (const struct freeze_config *cfg)
   __attribute__ ((nonnull (1)));
-/* Learn the size of the disk below (.after_fork: nbdkit allows the
- * backend to be used from there on).  -1 after nbdkit_error.
+/* Learn the size of the disk below, once (see firstuse.h): through next,
+ * the context of a connection to the disk, or if next is NULL through a
+ * shared context of backend opened on export name.  Later calls check
+ * that next still has that size.  -1 after nbdkit_error.
  */
-int points_probe (nbdkit_backend *backend) __attribute__ ((nonnull (1)));
+int points_use_disk (nbdkit_next *next, nbdkit_backend *backend,
+                     const char *name);
 /* Drop every point. */
 void points_stop (void);
 /* The copy-before-write block size. */
@@ -63,10 +66,11 @@ int points_extents (struct point *p, nbdkit_next *next, nbdkit_next *changes,
 /* Commands: 0 with the result members appended to c->body, or -1 after
  * command_fail.  begin freezes the disk (and makes a cbt checkpoint of
  * the same name through backend, if a cbt filter is below); end
- * releases a point (views still open on it start failing).
+ * releases a point (views still open on it start failing).  cbt_below:
+ * whether a cbt filter is below (only then is a checkpoint asked for).
  */
 int points_cmd_begin (struct command *c, const char *name,
-                      nbdkit_backend *backend)
+                      nbdkit_backend *backend, bool cbt_below)
   __attribute__ ((nonnull (1, 2, 3)));
 int points_cmd_end (struct command *c, const char *name)
   __attribute__ ((nonnull (1, 2)));

@@ -23,6 +23,7 @@
 #include "filterhandle.h"
 #include "param.h"
 #include "policy.h"
+#include "stack.h"
 #include "store.h"
 #include "layer.h"
 
@@ -94,6 +95,7 @@ snapshot_unload (void)
 static int
 snapshot_get_ready (int thread_model)
 {
+  stack_get_ready (STACK_SNAPSHOT);   /* for the nbdsnap filters above */
   return store_start (&cfg, backend);
 }
 
