@@ -35,6 +35,7 @@ packages=(
     libgnutls28-dev libzstd-dev libjson-c-dev qemu-utils fio
     autoconf automake libtool pkg-config make gcc perl
     valgrind e2fsprogs
+    clang libclang-rt-14-dev
 )
 
 missing=()

@@ -29,6 +29,7 @@ TESTS = \
 	tests/test-freeze-scratch.sh \
 	tests/test-freeze-startup.sh \
 	tests/test-freeze-t1t4.sh \
+	tests/test-fuzz-parsers.sh \
 	tests/test-nbdsnap-damage.sh \
 	tests/test-nbdsnap-e2e.sh \
 	tests/test-nbdsnap-errors.sh \
