@@ -16,6 +16,7 @@ TESTS = \
 	tests/test-cbt-shrink.sh \
 	tests/test-cbt-snapshot.sh \
 	tests/test-cbt-unaligned.sh \
+	tests/test-docs-concepts.sh \
 	tests/test-faultinject-self.sh \
 	tests/test-filters-valgrind.sh \
 	tests/test-freeze-abort-scratch.sh \
