@@ -76,19 +76,30 @@ remove_strays (void)
                           known_bitmap, "cbt");
 }
 
-/* Does cbt-dir hold a file that looks like a bitmap? */
-static bool
+/* Does cbt-dir hold a file that looks like a bitmap?  1 or 0, or -1
+ * after nbdkit_error if the directory cannot be read.
+ */
+static int
 any_bitmaps (void)
 {
   DIR *d = statedir_open (T.dirfd);
   struct dirent *e;
-  bool any = false;
+  int any = 0;
 
-  if (d == NULL)
-    return false;
-  while ((e = readdir (d)) != NULL)
+  if (d == NULL) {
+    nbdkit_error ("cbt-dir %s: cannot read the directory: %m", T.dir);
+    return -1;
+  }
+  errno = 0;
+  while ((e = readdir (d)) != NULL) {
     if (strncmp (e->d_name, "bitmap-", 7) == 0)
-      any = true;
+      any = 1;
+    errno = 0;
+  }
+  if (errno != 0) {
+    nbdkit_error ("cbt-dir %s: cannot read the directory: %m", T.dir);
+    any = -1;
+  }
   closedir (d);
   return any;
 }
@@ -204,7 +215,9 @@ tracker_start (const struct tracker_config *cfg)
   if (r == -1)
     return -1;
   T.have_state = r == 1;
-  if (!T.have_state && any_bitmaps ()) {
+  if (!T.have_state && (r = any_bitmaps ()) != 0) {
+    if (r == -1)
+      return -1;
     nbdkit_error ("cbt-dir %s: holds bitmaps but no state file (was it "
                   "deleted?); restore it from a backup, or empty the "
                   "directory to start again (the next backup must be "
