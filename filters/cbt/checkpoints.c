@@ -123,8 +123,8 @@ push_ckpt (struct command *cmd, struct ckpt *c)
   if (r == -1 || bm_open (c) == -1) {
     e = errno;
     if (r == 0 && bm_unlink (c->id) == -1)
-      nbdkit_debug ("cbt: cannot remove the unused bitmap: %m (a stray, "
-                    "removed at the next start)");
+      nbdkit_error ("cbt: cannot remove the unused bitmap: %m (no state "
+                    "names it: it is removed at the next start)");
     reactivate (old);
     return command_fail (cmd, command_errno_name (e), "cannot create the "
                          "bitmap: %s", strerror (e));
@@ -137,8 +137,8 @@ push_ckpt (struct command *cmd, struct ckpt *c)
   if (r == -1) {
     T.ncps--;
     if (bm_unlink (c->id) == -1)
-      nbdkit_debug ("cbt: cannot remove the unused bitmap: %m (a stray, "
-                    "removed at the next start)");
+      nbdkit_error ("cbt: cannot remove the unused bitmap: %m (no state "
+                    "names it: it is removed at the next start)");
     reactivate (old);
     return command_fail (cmd, command_errno_name (e),
                          "cannot write the state file: %s", strerror (e));
