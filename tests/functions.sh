@@ -570,18 +570,54 @@ same_dir ()
 }
 
 # expect_start_fails LOG REGEX NBDKIT-ARGS...: nbdkit with these args must
-# refuse to start (non-zero exit before serving); its messages go to LOG and
-# must match the (grep -E -i) REGEX.
+# refuse to start (exit non-zero without ever serving); its messages go to
+# LOG and must match the (grep -E -i) REGEX.  nbdkit runs in the
+# foreground on a Unix socket, without --run: a filter that refuses in
+# .after_fork (after the socket exists and the --run command would have
+# started) makes nbdkit exit, and a connection (an NBD handshake in
+# option mode, whatever the exports) must never succeed.
 expect_start_fails ()
 {
-    local log=$1 re=$2 st=0; shift 2
-    timeout 60 nbdkit -U - "$@" --run 'exit 0' > "$log" 2>&1 || st=$?
-    if [ "$st" -eq 0 ]; then
+    local log=$1 re=$2 st=0 sock pid i served=0; shift 2
+    sock=$tmpdir/esf-$RANDOM$RANDOM.sock
+    rm -f "$sock"
+    nbdkit -f -U "$sock" "$@" > "$log" 2>&1 &
+    pid=$!
+    bg_register $pid
+    for ((i = 0; i < 1200; i++)); do
+        kill -0 $pid 2>/dev/null || break
+        if [ -S "$sock" ]; then
+            # Blocks until nbdkit accepts (it started) or exits.
+            if SOCK=$sock timeout 60 $PYTHON -c '
+import os, nbd
+h = nbd.NBD()
+h.set_opt_mode(True)
+h.connect_unix(os.environ["SOCK"])
+h.opt_abort()' >/dev/null 2>&1; then
+                served=1
+            fi
+            break
+        fi
+        sleep 0.05
+    done
+    for ((i = 0; i < 600 && served == 0; i++)); do
+        kill -0 $pid 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 $pid 2>/dev/null; then
+        _kill_bg $pid
+        wait $pid 2>/dev/null || true
+        cat "$log" >&2
+        if [ $served -eq 1 ]; then
+            fail "nbdkit started although it should have refused: nbdkit $*"
+        fi
+        fail "nbdkit hung at startup: nbdkit $*"
+    fi
+    wait $pid || st=$?
+    rm -f "$tmpdir/bg-$pid.bgpid" "$sock"
+    if [ $served -eq 1 ] || [ "$st" -eq 0 ]; then
         cat "$log" >&2
         fail "nbdkit started although it should have refused: nbdkit $*"
-    fi
-    if [ "$st" -eq 124 ]; then
-        fail "nbdkit hung at startup: nbdkit $*"
     fi
     if ! grep -Eiq -- "$re" "$log"; then
         cat "$log" >&2

@@ -9,12 +9,17 @@ TESTS = \
 	tests/test-cbt-crash-flush.sh \
 	tests/test-cbt-crash-strict.sh \
 	tests/test-cbt-delete.sh \
+	tests/test-cbt-enomem.sh \
+	tests/test-cbt-faults.sh \
 	tests/test-cbt-grow.sh \
+	tests/test-cbt-ioerror.sh \
 	tests/test-cbt-model.sh \
+	tests/test-cbt-onedisk.sh \
 	tests/test-cbt-persist.sh \
 	tests/test-cbt-policy.sh \
 	tests/test-cbt-shrink.sh \
 	tests/test-cbt-snapshot.sh \
+	tests/test-cbt-startup.sh \
 	tests/test-cbt-unaligned.sh \
 	tests/test-docs-concepts.sh \
 	tests/test-faultinject-self.sh \

@@ -29,11 +29,9 @@ bm_name (uint64_t id, char *buf, size_t len)
   snprintf (buf, len, "bitmap-%" PRIu64 ".bits", id);
 }
 
-/* Write checkpoint c's bitmap file atomically: sealed (with checksum) or
- * open (zero checksum, about to be updated in place).
- */
-static int
-bm_write (struct ckpt *c, bool sealed)
+/* Replace checkpoint c's bitmap file (see tracker-internal.h). */
+int
+bm_write (struct ckpt *c, const struct ckpt *extra, bool sealed)
 {
   size_t nw = payload_words (T.g.nblocks), i;
   size_t len = BINHDR_SIZE + nw * 8;
@@ -44,23 +42,29 @@ bm_write (struct ckpt *c, bool sealed)
     .payload_len = nw * 8,
   };
   char name[64];
-  int r;
+  int r, e;
 
   if (buf == NULL)
     return -1;
   binhdr_put (buf, &h);
-  for (i = 0; i < nw; ++i)
-    put_le64 (buf + BINHDR_SIZE + 8 * i,
-              __atomic_load_n (&c->bits.words[i], __ATOMIC_ACQUIRE));
+  for (i = 0; i < nw; ++i) {
+    uint64_t w = __atomic_load_n (&c->bits.words[i], __ATOMIC_ACQUIRE);
+    if (extra)
+      w |= __atomic_load_n (&extra->bits.words[i], __ATOMIC_ACQUIRE);
+    put_le64 (buf + BINHDR_SIZE + 8 * i, w);
+  }
   if (sealed && binhdr_seal (buf, len) == -1) {
     free (buf);
+    errno = EIO;
     return -1;
   }
   bm_name (c->id, name, sizeof name);
   r = statefile_write (T.dirfd, name, buf, len);
-  if (r == -2)             /* in place, directory not durable: as before */
-    r = 0;
+  e = errno;
+  if (r != -1)
+    c->open_on_disk = !sealed;
   free (buf);
+  errno = e;
   return r;
 }
 
@@ -74,6 +78,7 @@ bm_load (struct ckpt *c, uint64_t old_nblocks, bool open_ok,
   size_t len, i, nw;
   struct binhdr h;
   const uint8_t *p;
+  bool sealed;
 
   bm_name (c->id, name, sizeof name);
   if (statefile_read (T.dirfd, name, &buf, &len) == -1) {
@@ -82,8 +87,9 @@ bm_load (struct ckpt *c, uint64_t old_nblocks, bool open_ok,
   }
   p = (const uint8_t *) buf;
   if (binhdr_check ((uint8_t *) buf, len, BM_MAGIC, BM_VERSION, open_ok,
-                    name, "bitmap", &h, NULL, why, whylen) == -1)
+                    name, "bitmap", &h, &sealed, why, whylen) == -1)
     goto err;
+  c->open_on_disk = !sealed;
   nw = payload_words (h.nblocks);
   if (h.payload_len != nw * 8) {
     snprintf (why, whylen, "%s: truncated or wrong length", name);
@@ -112,47 +118,73 @@ bm_load (struct ckpt *c, uint64_t old_nblocks, bool open_ok,
   return -1;
 }
 
+/* Open c's bitmap file for in-place writes. */
+int
+bm_open (struct ckpt *c)
+{
+  char name[64];
+  int fd;
+
+  bm_name (c->id, name, sizeof name);
+  fd = openat (T.dirfd, name, O_RDWR|O_CLOEXEC);
+  if (fd == -1)
+    return -1;
+  if (c->fd >= 0)
+    close (c->fd);              /* a replaced file: its errors are moot */
+  c->fd = fd;
+  return 0;
+}
+
+/* c is the active bitmap now: its file holds every bit it has. */
+void
+bm_make_active (struct ckpt *c)
+{
+  memcpy (T.durable.words, c->bits.words,
+          payload_words (T.g.nblocks) * sizeof (uint64_t));
+  memset (T.dirty_pages.words, 0,
+          payload_words (T.dirty_pages.nbits) * sizeof (uint64_t));
+}
+
 /* Make c the active bitmap on disk: write it open, keep an fd, and
  * start the persistence state (mark.c) from its bits.
  */
 int
 bm_activate (struct ckpt *c)
 {
-  char name[64];
+  int r = bm_write (c, NULL, false), e;
 
-  if (bm_write (c, false) == -1)
+  if (r == -1)
     return -1;
-  bm_name (c->id, name, sizeof name);
-  c->fd = openat (T.dirfd, name, O_RDWR|O_CLOEXEC);
-  if (c->fd == -1)
+  e = errno;
+  if (bm_open (c) == -1)
     return -1;
-  memcpy (T.durable.words, c->bits.words,
-          payload_words (T.g.nblocks) * sizeof (uint64_t));
-  memset (T.dirty_pages.words, 0,
-          payload_words (T.dirty_pages.nbits) * sizeof (uint64_t));
-  return 0;
+  bm_make_active (c);
+  errno = e;
+  return r;
 }
 
 /* Seal c: write it with its checksum, close the in-place fd. */
 int
 bm_seal (struct ckpt *c)
 {
-  if (bm_write (c, true) == -1)
+  int r = bm_write (c, NULL, true);
+
+  if (r == -1)
     return -1;
   if (c->fd >= 0)
-    close (c->fd);
+    close (c->fd);              /* the file it wrote was just replaced */
   c->fd = -1;
-  return 0;
+  return r;
 }
 
 /* Remove checkpoint id's bitmap file. */
-void
+int
 bm_unlink (uint64_t id)
 {
   char name[64];
 
   bm_name (id, name, sizeof name);
-  unlinkat (T.dirfd, name, 0);
+  return unlinkat (T.dirfd, name, 0);
 }
 
 /* Free checkpoint c (NULL: nothing). */
@@ -162,7 +194,7 @@ ckpt_free (struct ckpt *c)
   if (c == NULL)
     return;
   if (c->fd >= 0)
-    close (c->fd);
+    close (c->fd);              /* sealed, replaced or given up: moot */
   bitset_free (&c->bits);
   free (c);
 }

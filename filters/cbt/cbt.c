@@ -21,6 +21,7 @@
 
 #include "exportname.h"
 #include "command.h"
+#include "diskname.h"
 #include "filterhandle.h"
 #include "param.h"
 #include "policy.h"
@@ -35,7 +36,8 @@ struct handle {
 
 static struct tracker_config cfg = { .sync = CBT_SYNC_FLUSH };
 static unsigned policy = POLICY_DEFAULT;
-static nbdkit_backend *backend;
+/* The disk whose history the bitmaps hold (filters/common/diskname.h). */
+static struct disk_name disk = DISK_NAME_INIT;
 
 /* Take the cbt-* parameters; pass the others on. */
 static int
@@ -76,7 +78,7 @@ cbt_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   return next (nxdata, key, value);
 }
 
-/* cbt-dir is required; remember the backend for get_ready. */
+/* cbt-dir is required. */
 static int
 cbt_config_complete (nbdkit_next_config_complete *next,
                      nbdkit_backend *nxdata)
@@ -85,7 +87,6 @@ cbt_config_complete (nbdkit_next_config_complete *next,
     nbdkit_error ("the cbt filter needs cbt-dir=DIR");
     return -1;
   }
-  backend = nxdata;
   return next (nxdata);
 }
 
@@ -101,14 +102,33 @@ static void
 cbt_unload (void)
 {
   free ((char *) cfg.dir);
+  disk_name_free (&disk);
 }
 
-/* Start the tracker (before any connection). */
+/* Start the tracker, the part that needs no plugin: cbt-dir, its lock,
+ * the state file.  An error here stops nbdkit before it serves.
+ */
 static int
 cbt_get_ready (int thread_model)
 {
   stack_get_ready (STACK_CBT);   /* for the nbdsnap filters above */
-  return tracker_start (&cfg, backend);
+  return tracker_start (&cfg);
+}
+
+/* The disk below is probed here, not in .get_ready: nbdkit makes the
+ * backend usable from .after_fork (before it, a filter below that
+ * sleeps aborts nbdkit, and in daemon mode the probe would run in the
+ * parent process).  The probe reads the disk of the default export, to
+ * which the live disk is bound from now on.
+ */
+static int
+cbt_after_fork (nbdkit_backend *b)
+{
+  const char *name = disk_name_get (&disk, "cbt");
+
+  if (name == NULL)
+    return -1;
+  return tracker_after_fork (b, name);
 }
 
 /* Stop the tracker: seal the active bitmap, state clean. */
@@ -185,7 +205,7 @@ open_view (nbdkit_next_open *next, nbdkit_context *nxdata,
            const char *exportname, const struct export_name *en,
            struct handle *h)
 {
-  const char *since, *until = NULL;
+  const char *since, *until = NULL, *name;
   char why[512];
 
   if (en->kind == EXPORT_VIEW)
@@ -205,7 +225,8 @@ open_view (nbdkit_next_open *next, nbdkit_context *nxdata,
   h->fh.kind = VIEW;
   snprintf (h->since, sizeof h->since, "%s", since);
   snprintf (h->until, sizeof h->until, "%s", until ? until : "");
-  if (next (nxdata, 1, "") == -1)
+  name = disk_name_get (&disk, "cbt");
+  if (name == NULL || next (nxdata, 1, name) == -1)
     return -1;
   snprintf (h->fh.desc, sizeof h->fh.desc, "nbdsnap:cbt change map");
   return 0;
@@ -237,8 +258,10 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     return h;
 
   case EXPORT_LIVE:
+    /* One disk: the bitmaps of two would mix. */
     h->fh.kind = LIVE;
-    if (next (nxdata, readonly, exportname) == -1)
+    if (disk_name_bind (&disk, exportname, "cbt") == -1 ||
+        next (nxdata, readonly, exportname) == -1)
       goto err;
     return h;
 
@@ -329,7 +352,9 @@ cbt_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
   MARKED (next->trim (next, count, offset, flags, err));
 }
 
-/* Flush below, then make the active bitmap durable. */
+/* Flush below, then make the active bitmap durable.  After a failure
+ * no flush succeeds (a later fdatasync would return 0 over lost pages).
+ */
 static int
 cbt_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
@@ -337,7 +362,8 @@ cbt_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 
   if (h->fh.kind != LIVE && h->fh.kind != PASS)
     return 0;
-  if (next->flush (next, flags, err) == -1)
+  if (tracker_check (err) == -1 ||
+      next->flush (next, flags, err) == -1)
     return -1;
   return tracker_flush (err);
 }
@@ -365,6 +391,7 @@ static struct nbdkit_filter filter = {
   .config_help        = cbt_config_help,
   .thread_model       = fh_thread_model,
   .get_ready          = cbt_get_ready,
+  .after_fork         = cbt_after_fork,
   .cleanup            = cbt_cleanup,
   .list_exports       = cbt_list_exports,
   .open               = cbt_open,

@@ -46,11 +46,12 @@ range_of (const char *since, const char *until, int *lo, int *hi,
     }
   }
   for (i = *lo; i < *hi; ++i)
-    if (T.cps[i]->inconsistent) {
+    if (ckpt_inconsistent (T.cps[i])) {
       snprintf (why, whylen, "the bitmap of checkpoint '%s' may miss writes "
-                "(nbdkit stopped uncleanly with cbt-sync=flush), so changes "
-                "since '%s' are unknown: take a full backup and a new "
-                "checkpoint", T.cps[i]->name, since);
+                "(nbdkit stopped uncleanly with cbt-sync=flush, or an I/O "
+                "error in cbt-dir stopped the tracking), so changes since "
+                "'%s' are unknown: take a full backup and a new checkpoint",
+                T.cps[i]->name, since);
       return -1;
     }
   return 0;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <nbdkit-filter.h>
 
@@ -32,7 +33,7 @@ json_ckpt (struct jbuf *j, size_t i)
   size_t k;
 
   for (k = i; k < T.ncps; ++k)
-    if (T.cps[k]->inconsistent)
+    if (ckpt_inconsistent (T.cps[k]))
       consistent = false;
   for (w = 0; w < nw; ++w) {
     uint64_t v = 0;
@@ -59,44 +60,93 @@ json_ckpt (struct jbuf *j, size_t i)
              consistent ? "true" : "false", blocks, bytes);
 }
 
+/* An error that cannot be undone (a file is in place but its directory
+ * is not durable, or a rollback failed): enter the failed state and fail
+ * the command with EIO.  what says what failed.
+ */
+static int
+fail_hard (struct command *cmd, int e, const char *what)
+{
+  tracker_fail (e, "%s", what);
+  return command_fail (cmd, "EIO", "%s: %s; the cbt filter takes no more "
+                       "changes until nbdkit is restarted (see FAILURES in "
+                       "nbdkit-cbt-filter(1))", what, strerror (e));
+}
+
+/* Undo the sealing of old, the active bitmap, after a create failed:
+ * its file becomes open again and takes in-place writes.  A rollback
+ * that fails leaves no file for the in-place writes: the failed state.
+ */
+static void
+reactivate (struct ckpt *old)
+{
+  if (old && bm_activate (old) != 0)
+    tracker_fail (errno, "cannot make the bitmap of checkpoint '%s' active "
+                  "again after a failed create", old->name);
+}
+
 /* Make the new checkpoint c the newest, with the gate held and the list
- * write-locked: seal the active bitmap, write c's open, save the state.
- * On failure the files and the list are as before (c is not added).
+ * write-locked (docs/cbt-format.md section 6.4): seal the active
+ * bitmap, write c's open, save the state.  On failure c is not added and
+ * the files say what they said (or the tracker is failed).
  */
 static int
 push_ckpt (struct command *cmd, struct ckpt *c)
 {
   struct ckpt *old, **np;
-  int e;
+  char what[160];
+  int e, r;
 
   np = realloc (T.cps, (T.ncps + 1) * sizeof *np);
   if (np == NULL)
     return command_fail (cmd, "ENOMEM", "out of memory");
   T.cps = np;
   old = active_ckpt ();
-  if (old && bm_seal (old) == -1) {
+  if (old) {
+    /* 1. The old active bitmap's file gets every bit it has. */
+    r = bm_seal (old);
     e = errno;
-    return command_fail (cmd, command_errno_name (e),
-                         "cannot save the bitmap of '%s': %s", old->name,
-                         strerror (e));
+    snprintf (what, sizeof what, "cannot seal the bitmap of '%s'",
+              old->name);
+    if (r == -1)
+      return command_fail (cmd, command_errno_name (e), "%s: %s", what,
+                           strerror (e));
+    if (r == -2)
+      return fail_hard (cmd, e, what);
   }
-  if (bm_activate (c) == -1) {
+  /* 2. c's file, open, all zero; not named by the state yet. */
+  r = bm_write (c, NULL, false);
+  e = errno;
+  if (r == -2)
+    return fail_hard (cmd, e, "cannot create the bitmap of the new "
+                      "checkpoint");
+  if (r == -1 || bm_open (c) == -1) {
     e = errno;
-    bm_unlink (c->id);
-    if (old) bm_activate (old);
-    return command_fail (cmd, command_errno_name (e),
-                         "cannot create the bitmap: %s", strerror (e));
+    if (r == 0 && bm_unlink (c->id) == -1)
+      nbdkit_error ("cbt: cannot remove the unused bitmap: %m (no state "
+                    "names it: it is removed at the next start)");
+    reactivate (old);
+    return command_fail (cmd, command_errno_name (e), "cannot create the "
+                         "bitmap: %s", strerror (e));
   }
+  /* 3. The state names c: the commit. */
   T.cps[T.ncps++] = c;
   T.next_id++;
-  if (save_state (true) == -1) {
-    e = errno;
+  r = save_state (true);
+  e = errno;
+  if (r == -1) {
     T.ncps--;
-    bm_unlink (c->id);
-    if (old) bm_activate (old);
+    if (bm_unlink (c->id) == -1)
+      nbdkit_error ("cbt: cannot remove the unused bitmap: %m (no state "
+                    "names it: it is removed at the next start)");
+    reactivate (old);
     return command_fail (cmd, command_errno_name (e),
                          "cannot write the state file: %s", strerror (e));
   }
+  bm_make_active (c);
+  if (r == -2)
+    return fail_hard (cmd, e, "the state file naming the new checkpoint "
+                      "is in place, but cbt-dir could not be made durable");
   return 0;
 }
 
@@ -112,6 +162,8 @@ tracker_cmd_create (struct command *cmd, const char *name)
     return command_fail (cmd, "EINVAL", "%s", why);
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&T.cmd_lock);
+  if (failure_check_command (&T.fail, cmd) == -1)
+    return -1;
   if (find_ckpt (name) >= 0)
     return command_fail (cmd, "EEXIST", "checkpoint '%s' already exists",
                          name);
@@ -131,12 +183,16 @@ tracker_cmd_create (struct command *cmd, const char *name)
      */
     GATE_HOLD_FOR_CURRENT_SCOPE (&T.gate);
     ACQUIRE_WRLOCK_FOR_CURRENT_SCOPE (&T.rw);
-    r = push_ckpt (cmd, c);
+    /* A write may have failed the tracker while we waited. */
+    if (failure_check_command (&T.fail, cmd) == -1)
+      r = -1;
+    else
+      r = push_ckpt (cmd, c);
+    if (r == -1 && active_ckpt () != c)
+      ckpt_free (c);            /* not added */
   }
-  if (r == -1) {
-    ckpt_free (c);
+  if (r == -1)
     return -1;
-  }
   nbdkit_debug ("cbt: checkpoint '%s' created", name);
   jb_printf (&cmd->body, ",\"checkpoint\":");
   ACQUIRE_RDLOCK_FOR_CURRENT_SCOPE (&T.rw);
@@ -164,54 +220,81 @@ tracker_cmd_list (struct command *cmd)
 }
 
 /* Remove checkpoint i from the list, with the gate held and the list
- * write-locked: merge its bitmap into the one before (*prev, NULL if
- * none), save the state, remove its file.
+ * write-locked (docs/cbt-format.md section 6.5): write the bitmap before
+ * it (*prev, NULL if none) with its bits merged in, save the state,
+ * remove its file.  Nothing needs undoing with I/O: until the state is
+ * saved, the only change is the file of *prev, which holds more bits
+ * than before (never fewer), and may be open (sealed at stop).
  */
 static int
 remove_ckpt (struct command *cmd, size_t i, struct ckpt **prev)
 {
-  struct ckpt *c = T.cps[i];
-  bool was_active = i == T.ncps - 1;
-  int e;
+  struct ckpt *c = T.cps[i], *p = i > 0 ? T.cps[i - 1] : NULL;
+  bool was_active = i == T.ncps - 1, p_inconsistent = false;
+  size_t w, nw = payload_words (T.g.nblocks);
+  int r, e;
 
-  *prev = NULL;
-  if (i > 0) {
-    /* Merge into the previous checkpoint's bitmap, so that "changed since"
-     * it still covers every block c recorded.
+  *prev = p;
+  if (p) {
+    /* 1. p's file gets p OR c, so that "changed since" p still covers
+     * every block c recorded: open if c was the active bitmap (p becomes
+     * it), sealed otherwise.
      */
-    size_t w, nw = payload_words (T.g.nblocks);
-    struct ckpt *p = *prev = T.cps[i - 1];
-
-    for (w = 0; w < nw; ++w)
-      p->bits.words[w] |= __atomic_load_n (&c->bits.words[w],
-                                           __ATOMIC_ACQUIRE);
-    p->inconsistent |= c->inconsistent;
-    if ((was_active ? bm_activate (p) : bm_seal (p)) == -1) {
-      e = errno;
-      /* p's in-memory bits are a superset: harmless until restart,
-       * where the on-disk files (unchanged) are used again.
-       */
+    r = bm_write (p, c, !was_active);
+    e = errno;
+    if (r == -1)
       return command_fail (cmd, command_errno_name (e),
                            "cannot save the merged bitmap: %s",
                            strerror (e));
+    for (w = 0; w < nw; ++w)    /* as the file now says */
+      p->bits.words[w] |= __atomic_load_n (&c->bits.words[w],
+                                           __ATOMIC_ACQUIRE);
+    if (r == -2)
+      return fail_hard (cmd, e, "the merged bitmap is in place, but "
+                        "cbt-dir could not be made durable");
+    if (was_active && bm_open (p) == -1) {
+      e = errno;
+      return command_fail (cmd, command_errno_name (e),
+                           "cannot open the merged bitmap: %s",
+                           strerror (e));
     }
+    p_inconsistent = ckpt_inconsistent (p);
+    if (ckpt_inconsistent (c))
+      ckpt_set_inconsistent (p, true);
   }
+  /* 2. The state without c: the commit. */
   memmove (&T.cps[i], &T.cps[i + 1], (T.ncps - i - 1) * sizeof *T.cps);
   T.ncps--;
-  if (save_state (true) == -1) {
-    e = errno;
+  r = save_state (true);
+  e = errno;
+  if (r == -1) {
     memmove (&T.cps[i + 1], &T.cps[i], (T.ncps - i) * sizeof *T.cps);
     T.cps[i] = c;
     T.ncps++;
-    if (was_active && *prev) {
-      /* c stays the active bitmap: its file and the durable set again. */
-      bm_seal (*prev);
-      bm_activate (c);
+    if (p) {
+      ckpt_set_inconsistent (p, p_inconsistent);
+      if (was_active) {
+        close (p->fd);          /* c stays the active bitmap */
+        p->fd = -1;
+      }
     }
     return command_fail (cmd, command_errno_name (e),
                          "cannot write the state file: %s", strerror (e));
   }
-  bm_unlink (c->id);
+  /* 3. Done: p's file held all its bits when it was written, and no
+   * write came in since.
+   */
+  if (was_active && p)
+    bm_make_active (p);
+  if (r == -2) {
+    ckpt_free (c);              /* its file stays: no removal now */
+    return fail_hard (cmd, e, "the state file without the checkpoint is "
+                      "in place, but cbt-dir could not be made durable");
+  }
+  if (bm_unlink (c->id) == -1)
+    nbdkit_error ("cbt: cannot remove the bitmap of the deleted checkpoint "
+                  "'%s': %m (no state names it: it is removed at the next "
+                  "start)", c->name);
   ckpt_free (c);
   return 0;
 }
@@ -228,6 +311,8 @@ tracker_cmd_delete (struct command *cmd, const char *name)
     return command_fail (cmd, "EINVAL", "%s", why);
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&T.cmd_lock);
+  if (failure_check_command (&T.fail, cmd) == -1)
+    return -1;
   i = find_ckpt (name);
   if (i < 0)
     return command_fail (cmd, "ENOENT", "checkpoint '%s' does not exist",
@@ -235,7 +320,9 @@ tracker_cmd_delete (struct command *cmd, const char *name)
   {
     GATE_HOLD_FOR_CURRENT_SCOPE (&T.gate);
     ACQUIRE_WRLOCK_FOR_CURRENT_SCOPE (&T.rw);
-    if (remove_ckpt (cmd, i, &prev) == -1)
+    /* A write may have failed the tracker while we waited. */
+    if (failure_check_command (&T.fail, cmd) == -1 ||
+        remove_ckpt (cmd, i, &prev) == -1)
       return -1;
   }
   nbdkit_debug ("cbt: checkpoint '%s' deleted", name);

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,7 @@ save_state (bool running)
 {
   struct jbuf j = { 0 };
   size_t i;
-  int r;
+  int r, e;
 
   jb_printf (&j, "%s\nversion %d\ndisk-size %" PRIu64 "\ngranularity %"
              PRIu32 "\nsync %s\nnext-id %" PRIu64 "\nstatus %s\n",
@@ -44,7 +45,7 @@ save_state (bool running)
   for (i = 0; i < T.ncps; ++i)
     jb_printf (&j, "checkpoint %" PRIu64 " %" PRId64 " %s %s\n",
                T.cps[i]->id, T.cps[i]->created,
-               T.cps[i]->inconsistent ? "inconsistent" : "consistent",
+               ckpt_inconsistent (T.cps[i]) ? "inconsistent" : "consistent",
                T.cps[i]->name);
   if (j.oom) {
     jb_free (&j);
@@ -52,10 +53,53 @@ save_state (bool running)
     return -1;
   }
   r = kv_write_file (T.dirfd, STATE_NAME, j.p, j.len);
-  if (r == -2)             /* in place, directory not durable: as before */
-    r = 0;
+  e = errno;
   jb_free (&j);
+  errno = e;
   return r;
+}
+
+/* Enter the failed state (see tracker-internal.h). */
+void
+tracker_fail (int err, const char *fmt, ...)
+{
+  struct ckpt *a;
+  va_list ap;
+  char what[160];
+
+  va_start (ap, fmt);
+  vsnprintf (what, sizeof what, fmt, ap);
+  va_end (ap);
+  failure_set (&T.fail, "cbt", err, "%s", what);
+  if (__atomic_exchange_n (&T.fail_recorded, 1, __ATOMIC_ACQ_REL))
+    return;
+  /* What the next start reads must tell the truth: the active bitmap
+   * may miss writes now (flush mode: bits that never reached the file;
+   * either mode: pages a failed writeback lost).  The state file is a
+   * new file, which the bitmap file's writeback error does not touch.
+   */
+  a = active_ckpt ();
+  if (a == NULL)
+    return;
+  ckpt_set_inconsistent (a, true);
+  switch (save_state (true)) {
+  case 0:
+    nbdkit_error ("cbt: checkpoint '%s' is now inconsistent (recorded in "
+                  "%s/%s): the next backup must be full", a->name, T.dir,
+                  STATE_NAME);
+    break;
+  case -2:
+    nbdkit_error ("cbt: checkpoint '%s' is now inconsistent; %s/%s says so, "
+                  "but cbt-dir could not be made durable: %m", a->name,
+                  T.dir, STATE_NAME);
+    break;
+  default:
+    nbdkit_error ("cbt: checkpoint '%s' is now inconsistent, but %s/%s "
+                  "cannot say so: %m (it keeps status running: after a "
+                  "restart flush mode marks it inconsistent, and in strict "
+                  "mode no write passed down without its bits on disk)",
+                  a->name, T.dir, STATE_NAME);
+  }
 }
 
 /* Parse the value of a checkpoint line into a new checkpoint appended

@@ -26,19 +26,28 @@ struct tracker_config {
   bool reset_on_shrink;
 };
 
-/* Start: lock the dir, learn the disk size through backend, load or
- * create the state.  -1 after nbdkit_error.
+/* Start, from .get_ready: lock the dir, read the state file.  Needs
+ * no plugin.  -1 after nbdkit_error.
  */
-int tracker_start (const struct tracker_config *cfg, nbdkit_backend *backend)
+int tracker_start (const struct tracker_config *cfg)
+  __attribute__ ((nonnull (1)));
+/* The rest of the start, from .after_fork: learn the size of the disk
+ * (exportname) through backend, load the bitmaps, take in size changes
+ * and an unclean stop, save the state.  -1 after nbdkit_error.
+ */
+int tracker_after_fork (nbdkit_backend *backend, const char *exportname)
   __attribute__ ((nonnull (1, 2)));
-/* Save everything and mark the state clean. */
+/* Save everything and mark the state clean (unless the tracker failed:
+ * then the state stays "running").
+ */
 void tracker_stop (void);
 
 /* The size of the disk, as found at start. */
 uint64_t tracker_disk_size (void);
 
 /* Data path.  Mark [offset, offset+count) dirty before the write passes
- * down (in strict mode the bits are durable when this returns 0).
+ * down (in strict mode the bits are durable when this returns 0; in the
+ * failed state this fails with EIO).
  * tracker_enter/leave bracket each write so that checkpoints fall between
  * writes, never inside one.
  */
@@ -48,6 +57,11 @@ int tracker_mark (uint64_t offset, uint64_t count, int *err)
   __attribute__ ((nonnull (3)));
 /* Persist the active bitmap (after the data below was flushed). */
 int tracker_flush (int *err) __attribute__ ((nonnull (1)));
+/* 0, or -1 with *err = EIO if the tracker failed: after an I/O error in
+ * cbt-dir that cannot be undone, writes, flushes and changing commands
+ * fail until nbdkit restarts (filters/common/failure.h).
+ */
+int tracker_check (int *err) __attribute__ ((nonnull (1)));
 
 /* Change maps.  since: checkpoint name; until: NULL for now, else a later
  * checkpoint.  Checks names and consistency.  -1 with a reason in why.

@@ -81,6 +81,11 @@ command_finish (struct command *cmd, int r, char **out, size_t *len)
     nbdkit_debug ("%s: %s failed: %s", cmd->filter, cmd->verb, cmd->why);
   }
   jb_printf (&j, "}\n");
+  /* A result that lost members to a failed allocation is no result: the
+   * open fails (out of memory) rather than say "ok" with members missing.
+   */
+  if (r == 0 && cmd->body.oom)
+    j.oom = true;
   jb_free (&cmd->body);
   if (j.oom) {
     jb_free (&j);
