@@ -570,18 +570,42 @@ same_dir ()
 }
 
 # expect_start_fails LOG REGEX NBDKIT-ARGS...: nbdkit with these args must
-# refuse to start (non-zero exit before serving); its messages go to LOG and
-# must match the (grep -E -i) REGEX.
+# refuse to start: exit with status 1 (not a crash, not a hang) without
+# ever serving; its messages go to LOG and must match the (grep -E -i)
+# REGEX.  A refusal can come late (from .after_fork, once nbdkit listens),
+# so this does not stop at the first sign of life: it keeps trying to
+# connect until nbdkit exits; a connection that succeeds means nbdkit
+# started (failure), and so does still running after 60 seconds.
+_esf_n=0
 expect_start_fails ()
 {
-    local log=$1 re=$2 st=0; shift 2
-    timeout 60 nbdkit -U - "$@" --run 'exit 0' > "$log" 2>&1 || st=$?
-    if [ "$st" -eq 0 ]; then
+    local log=$1 re=$2 st=0 sock pid i; shift 2
+    _esf_n=$((_esf_n + 1))
+    sock=$tmpdir/esf-$_esf_n.sock
+    rm -f "$sock"
+    nbdkit -f -U "$sock" "$@" > "$log" 2>&1 &
+    pid=$!
+    echo "$pid" > "$tmpdir/esf.bgpid"
+    for ((i = 0; i < 600; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        if [ -S "$sock" ] &&
+           timeout 30 nbdinfo --size "nbd+unix://?socket=$sock" >/dev/null 2>&1; then
+            kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+            cat "$log" >&2
+            fail "nbdkit started although it should have refused: nbdkit $*"
+        fi
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
         cat "$log" >&2
-        fail "nbdkit started although it should have refused: nbdkit $*"
+        fail "nbdkit neither served nor exited within 60s: nbdkit $*"
     fi
-    if [ "$st" -eq 124 ]; then
-        fail "nbdkit hung at startup: nbdkit $*"
+    wait "$pid" || st=$?
+    rm -f "$tmpdir/esf.bgpid"
+    if [ "$st" -ne 1 ]; then
+        cat "$log" >&2
+        fail "nbdkit exited with status $st (expected 1, a refusal): nbdkit $*"
     fi
     if ! grep -Eiq -- "$re" "$log"; then
         cat "$log" >&2
