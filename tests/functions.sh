@@ -590,14 +590,16 @@ expect_start_fails ()
         kill -0 "$pid" 2>/dev/null || break
         if [ -S "$sock" ] &&
            timeout 30 nbdinfo --size "nbd+unix://?socket=$sock" >/dev/null 2>&1; then
-            kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+            kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+            rm -f "$tmpdir/esf.bgpid"
             cat "$log" >&2
             fail "nbdkit started although it should have refused: nbdkit $*"
         fi
         sleep 0.1
     done
     if kill -0 "$pid" 2>/dev/null; then
-        kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+        kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+        rm -f "$tmpdir/esf.bgpid"
         cat "$log" >&2
         fail "nbdkit neither served nor exited within 60s: nbdkit $*"
     fi
