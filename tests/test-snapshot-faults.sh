@@ -34,3 +34,12 @@ if [ -n "$CHECK_LONG" ]; then
     sweep --calls "$io" --count 0 --points "${SWEEP_POINTS:-all}"
     sweep --calls "$io" --errno ENOSPC --points "${SWEEP_POINTS:-all}"
 fi
+
+# The filter's first allocation is the copy of snapshot-revert-on-close
+# (given first): out of memory there is a refused start, not a server
+# that silently runs without the parameter.
+LD_PRELOAD=$FAULTINJECT FI_CALLS=malloc FI_OBJ=nbdkit-snapshot-filter \
+FI_ERRNO=ENOMEM FI_NTH=1 \
+    expect_start_fails "$tmpdir/roc.log" 'strdup|memory' --filter="$F" \
+        memory 1M snapshot-revert-on-close=clean snapshot-dir="$tmpdir/roc"
+echo "out of memory for snapshot-revert-on-close: refused"
