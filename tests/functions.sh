@@ -570,54 +570,44 @@ same_dir ()
 }
 
 # expect_start_fails LOG REGEX NBDKIT-ARGS...: nbdkit with these args must
-# refuse to start (exit non-zero without ever serving); its messages go to
-# LOG and must match the (grep -E -i) REGEX.  nbdkit runs in the
-# foreground on a Unix socket, without --run: a filter that refuses in
-# .after_fork (after the socket exists and the --run command would have
-# started) makes nbdkit exit, and a connection (an NBD handshake in
-# option mode, whatever the exports) must never succeed.
+# refuse to start: exit with status 1 (not a crash, not a hang) without
+# ever serving; its messages go to LOG and must match the (grep -E -i)
+# REGEX.  A refusal can come late (from .after_fork, once nbdkit listens),
+# so this does not stop at the first sign of life: it keeps trying to
+# connect until nbdkit exits; a connection that succeeds means nbdkit
+# started (failure), and so does still running after 60 seconds.
+_esf_n=0
 expect_start_fails ()
 {
-    local log=$1 re=$2 st=0 sock pid i served=0; shift 2
-    sock=$tmpdir/esf-$RANDOM$RANDOM.sock
+    local log=$1 re=$2 st=0 sock pid i; shift 2
+    _esf_n=$((_esf_n + 1))
+    sock=$tmpdir/esf-$_esf_n.sock
     rm -f "$sock"
     nbdkit -f -U "$sock" "$@" > "$log" 2>&1 &
     pid=$!
-    bg_register $pid
-    for ((i = 0; i < 1200; i++)); do
-        kill -0 $pid 2>/dev/null || break
-        if [ -S "$sock" ]; then
-            # Blocks until nbdkit accepts (it started) or exits.
-            if SOCK=$sock timeout 60 $PYTHON -c '
-import os, nbd
-h = nbd.NBD()
-h.set_opt_mode(True)
-h.connect_unix(os.environ["SOCK"])
-h.opt_abort()' >/dev/null 2>&1; then
-                served=1
-            fi
-            break
-        fi
-        sleep 0.05
-    done
-    for ((i = 0; i < 600 && served == 0; i++)); do
-        kill -0 $pid 2>/dev/null || break
-        sleep 0.05
-    done
-    if kill -0 $pid 2>/dev/null; then
-        _kill_bg $pid
-        wait $pid 2>/dev/null || true
-        cat "$log" >&2
-        if [ $served -eq 1 ]; then
+    echo "$pid" > "$tmpdir/esf.bgpid"
+    for ((i = 0; i < 600; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        if [ -S "$sock" ] &&
+           timeout 30 nbdinfo --size "nbd+unix://?socket=$sock" >/dev/null 2>&1; then
+            kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+            rm -f "$tmpdir/esf.bgpid"
+            cat "$log" >&2
             fail "nbdkit started although it should have refused: nbdkit $*"
         fi
-        fail "nbdkit hung at startup: nbdkit $*"
-    fi
-    wait $pid || st=$?
-    rm -f "$tmpdir/bg-$pid.bgpid" "$sock"
-    if [ $served -eq 1 ] || [ "$st" -eq 0 ]; then
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+        rm -f "$tmpdir/esf.bgpid"
         cat "$log" >&2
-        fail "nbdkit started although it should have refused: nbdkit $*"
+        fail "nbdkit neither served nor exited within 60s: nbdkit $*"
+    fi
+    wait "$pid" || st=$?
+    rm -f "$tmpdir/esf.bgpid"
+    if [ "$st" -ne 1 ]; then
+        cat "$log" >&2
+        fail "nbdkit exited with status $st (expected 1, a refusal): nbdkit $*"
     fi
     if ! grep -Eiq -- "$re" "$log"; then
         cat "$log" >&2

@@ -5,8 +5,8 @@
 # the allowed punctuation work; names are case-sensitive.  Duplicate create
 # is EEXIST (and freezes nothing), revert/delete of an unknown snapshot
 # ENOENT, and unknown verbs, unknown filters and bad view names fail the
-# open and never reach the plugin as a disk.  Names not starting with "@"
-# are the live disk.
+# open and never reach the plugin as a disk.  "" is the live disk; other
+# names not starting with "@" are refused.
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
@@ -126,8 +126,13 @@ json_check "$out" 'j["snapshot"] == "force"'
 out=$(snap_ok srv @snapshot:revert/force/force)
 json_check "$out" 'j["snapshot"] == "force"'
 
-# Export names not starting with "@" are the live disk.
-for e in "" foo "x@snapshot/a" " @snapshot/a"; do
-    same_content srv "$e" "$tmpdir/live"
+# The live disk is the plugin's default export, "": other names not
+# starting with "@" would be other disks of a plugin that serves several,
+# and are refused (test-snapshot-exports.sh).
+same_content srv "" "$tmpdir/live"
+for e in foo "x@snapshot/a" " @snapshot/a"; do
+    open_fails srv "$e"
 done
+grep -q 'export "foo" is refused' "$tmpdir/srv.log" ||
+    fail "no message for the refused export foo"
 stop_server srv

@@ -49,7 +49,9 @@ TESTS = \
 	tests/test-snapshot-crash.sh \
 	tests/test-snapshot-delete.sh \
 	tests/test-snapshot-diff.sh \
+	tests/test-snapshot-exports.sh \
 	tests/test-snapshot-extents.sh \
+	tests/test-snapshot-faults.sh \
 	tests/test-snapshot-fsync.sh \
 	tests/test-snapshot-fulldir.sh \
 	tests/test-snapshot-list.sh \
@@ -61,6 +63,9 @@ TESTS = \
 	tests/test-snapshot-revert-busy.sh \
 	tests/test-snapshot-revert-on-close.sh \
 	tests/test-snapshot-rodir.sh \
+	tests/test-snapshot-startup.sh \
+	tests/test-snapshot-sticky.sh \
+	tests/test-snapshot-strays.sh \
 	tests/test-snapshot-tree.sh \
 	tests/test-snapshot-unaligned.sh \
 	tests/test-snapshot-views.sh

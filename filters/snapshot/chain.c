@@ -12,66 +12,62 @@
 
 #include "store-internal.h"
 
-/* Collect the chain top..root into out; returns its length. */
-static size_t
-chain_of (struct layer *top, struct layer **out)
-{
-  size_t n = 0;
-  for (; top; top = top->parent)
-    out[n++] = top;
-  return n;
-}
-
-/* Compute the owner map of the chain ending at top (NULL: the plugin). */
+/* Compute the owner map of the chain ending at top (NULL: the plugin):
+ * from the top down, a block takes the first layer that holds it.
+ * Slots start at 1, so 0 (the plugin) means "not seen yet".
+ */
 void
 compute_owner (struct layer *top, uint16_t *owner)
 {
-  struct layer **chain = malloc (MAX_SLOTS * sizeof *chain);
-  size_t n, w;
+  struct layer *l;
+  size_t w;
 
   memset (owner, 0, S.g.nblocks * sizeof *owner);
-  if (chain == NULL)
-    abort ();                   /* 512 KiB; nothing sensible to do */
-  n = chain_of (top, chain);
-  while (n-- > 0) {             /* root first, so upper layers win */
-    struct layer *l = chain[n];
+  for (l = top; l; l = l->parent) {
     for (w = 0; w < l->st.nwords; ++w) {
       uint64_t p = bstate_presence (l->st.words[w]);
       while (p) {
         unsigned bit = __builtin_ctzll (p);
-        owner[w * 32 + bit / 2] = l->slot;
+        uint16_t *o = &owner[w * 32 + bit / 2];
+        if (*o == 0)
+          *o = l->slot;
         p &= p - 1;
       }
     }
   }
-  free (chain);
 }
 
-/* Layers in exactly one of the chains of a and b. */
-size_t
-symdiff (struct layer *a, struct layer *b, struct layer **out)
+/* The number of layers of the chain from l down. */
+static size_t
+depth (struct layer *l)
 {
-  unsigned char *in_a = calloc (MAX_SLOTS + 1, 1);
-  struct layer **ca = malloc (MAX_SLOTS * sizeof *ca);
-  struct layer **cb = malloc (MAX_SLOTS * sizeof *cb);
-  size_t na, nb, i, n = 0;
-
-  if (ca == NULL || cb == NULL || in_a == NULL)
-    abort ();
-  na = chain_of (a, ca);
-  nb = chain_of (b, cb);
-  for (i = 0; i < na; ++i) in_a[ca[i]->slot] = 1;
-  for (i = 0; i < nb; ++i) {
-    if (in_a[cb[i]->slot]) in_a[cb[i]->slot] = 2;   /* common */
-    else out[n++] = cb[i];
-  }
-  for (i = 0; i < na; ++i) {
-    if (in_a[ca[i]->slot] == 1) out[n++] = ca[i];
-  }
-  free (in_a);
-  free (ca);
-  free (cb);
+  size_t n = 0;
+  for (; l; l = l->parent)
+    n++;
   return n;
+}
+
+/* Layers in exactly one of the chains of a and b: those above the
+ * nearest common ancestor on each side.
+ */
+struct layer **
+symdiff (struct layer *a, struct layer *b, size_t *n)
+{
+  size_t da = depth (a), db = depth (b);
+  struct layer **out = malloc ((da + db + 1) * sizeof *out);
+
+  *n = 0;
+  if (out == NULL)
+    return NULL;
+  for (; da > db; da--, a = a->parent)
+    out[(*n)++] = a;
+  for (; db > da; db--, b = b->parent)
+    out[(*n)++] = b;
+  for (; a != b; a = a->parent, b = b->parent) {
+    out[(*n)++] = a;
+    out[(*n)++] = b;
+  }
+  return out;
 }
 
 /* Is l on the live chain? (store lock or gate held) */

@@ -8,28 +8,50 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include <nbdkit-filter.h>
 
+#include "gate.h"
 #include "lockscope.h"
 #include "store-internal.h"
 
-/* Append the JSON object describing snapshot l. */
+/* Append the JSON object describing snapshot l (store lock held). */
 static void
 json_snapshot (struct jbuf *j, struct layer *l)
 {
+  const char *merr = l->deleting ? merge_error (l) : NULL;
+
   jb_printf (j, "{\"name\":");
   jb_str (j, l->name);
   jb_printf (j, ",\"parent\":");
   jb_str (j, l->parent ? l->parent->name : NULL);
   jb_printf (j, ",\"created\":");
   jb_time (j, l->created);
-  jb_printf (j, ",\"bytes\":%" PRIu64 ",\"merging\":%s}",
+  jb_printf (j, ",\"bytes\":%" PRIu64 ",\"merging\":%s",
              __atomic_load_n (&l->held, __ATOMIC_RELAXED) * S.g.block_size,
              l->deleting ? "true" : "false");
+  if (merr) {
+    jb_printf (j, ",\"merge_error\":");
+    jb_str (j, merr);
+  }
+  jb_printf (j, "}");
+}
+
+/* Fail c with the errno name of e and a message. */
+static int __attribute__ ((format (printf, 3, 4)))
+fail_errno (struct command *c, int e, const char *fmt, ...)
+{
+  va_list ap;
+  char msg[400];
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  return command_fail (c, command_errno_name (e), "%s", msg);
 }
 
 /* Fail c with EINVAL unless name is a valid snapshot name. */
@@ -54,39 +76,43 @@ create_locked (struct command *c, const char *name)
   char why[256];
   int e;
 
+  if (failure_check_command (&S.fail, c) == -1)
+    return -1;
   if (find_snapshot (name))
     return command_fail (c, "EEXIST", "snapshot '%s' already exists", name);
 
-  gate_hold (&S.gate);
+  GATE_HOLD_FOR_CURRENT_SCOPE (&S.gate);
   old = S.active;
-  if (layer_save (S.dirfd, old, &S.g, true) == -1) {
-    e = errno;
-    gate_release (&S.gate);
-    return command_fail (c, command_errno_name (e),
-                         "cannot make the live disk durable: %s",
-                         strerror (e));
-  }
+  if (save_layer (old, true, "create: making the live disk durable") == -1)
+    return fail_errno (c, errno, "cannot make the live disk durable: %s",
+                       failure_is_set (&S.fail) ? S.fail.why
+                       : strerror (errno));
   n = new_layer (old, why, sizeof why);
-  if (n == NULL) {
-    gate_release (&S.gate);
-    return command_fail (c, "ENOSPC", "%s", why);
-  }
+  if (n == NULL)
+    return fail_errno (c, errno, "%s", why);
   old->active = false;
   snprintf (old->name, sizeof old->name, "%s", name);
   old->created = time (NULL);
   n->active = true;
   S.active = n;
-  if (save_state () == -1) {
+  switch (save_state ()) {
+  case 0:
+    break;
+  case -1:
     e = errno;
     S.active = old;
     old->active = true;
     old->name[0] = '\0';
     drop_new_layer (n);
-    gate_release (&S.gate);
-    return command_fail (c, command_errno_name (e),
-                         "cannot write the state file: %s", strerror (e));
+    return fail_errno (c, e, "cannot write the state file: %s",
+                       strerror (e));
+  default:
+    /* The snapshot is in the state file in place: it exists. */
+    return fail_errno (c, errno, "snapshot '%s' was made, but the state "
+                       "file that names it could not be made durable (%s): "
+                       "a crash may undo it; restart nbdkit", name,
+                       strerror (errno));
   }
-  gate_release (&S.gate);
   nbdkit_debug ("snapshot: created '%s' (layer %" PRIu64 ")", name, old->id);
   jb_printf (&c->body, ",\"snapshot\":");
   json_snapshot (&c->body, old);
@@ -137,6 +163,10 @@ store_cmd_list (struct command *c)
   jb_printf (j, ",\"bytes\":%" PRIu64 "}",
              __atomic_load_n (&S.active->held, __ATOMIC_RELAXED)
              * S.g.block_size);
+  if (failure_is_set (&S.fail)) {
+    jb_printf (j, ",\"failed\":");
+    jb_str (j, S.fail.why);
+  }
   return 0;
 }
 
@@ -148,35 +178,44 @@ do_revert (struct command *c, struct layer *target, uint64_t *discarded)
 {
   struct layer *old, *n;
   char why[256];
+  int r, e;
 
-  gate_hold (&S.gate);
+  if (failure_check_command (&S.fail, c) == -1)
+    return -1;
+  GATE_HOLD_FOR_CURRENT_SCOPE (&S.gate);
   old = S.active;
   n = new_layer (target, why, sizeof why);
-  if (n == NULL) {
-    gate_release (&S.gate);
-    return command_fail (c, "ENOSPC", "%s", why);
-  }
+  if (n == NULL)
+    return fail_errno (c, errno, "%s", why);
   n->active = true;
   S.active = n;
   old->active = false;
   old->detached = true;         /* keeps it out of the state file */
-  if (save_state () == -1) {
-    int e = errno;
+  r = save_state ();
+  e = errno;
+  if (r == -1) {
     old->detached = false;
     old->active = true;
     S.active = old;
     drop_new_layer (n);
-    gate_release (&S.gate);
-    return command_fail (c, command_errno_name (e),
-                         "cannot write the state file: %s", strerror (e));
+    return fail_errno (c, e, "cannot write the state file: %s",
+                       strerror (e));
   }
   compute_owner (target, S.owner);
   *discarded = __atomic_load_n (&old->held, __ATOMIC_RELAXED)
     * S.g.block_size;
   old->detached = false;
-  detach (old);
-  gate_release (&S.gate);
-  return 0;
+  if (r == 0) {
+    detach (old);
+    return 0;
+  }
+  /* The new state is in place but not durable: the old one, which names
+   * the old layer, may be the one found after a crash; keep its files.
+   */
+  detach_keep_files (old);
+  return fail_errno (c, e, "the live disk was reverted, but the state "
+                     "file that says so could not be made durable (%s): a "
+                     "crash may undo it; restart nbdkit", strerror (e));
 }
 
 /* @snapshot:revert/NAME[/force] */
@@ -190,6 +229,8 @@ store_cmd_revert (struct command *c, const char *name, bool force)
     return -1;
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&S.lock);
+  if (failure_check_command (&S.fail, c) == -1)
+    return -1;
   wait_merge ();
   t = find_snapshot (name);
   if (t == NULL || t->deleting)
@@ -216,12 +257,15 @@ store_cmd_delete (struct command *c, const char *name)
 {
   struct layer *l;
   size_t i;
-  bool first = true;
+  bool first = true, was_deleting;
+  int e;
 
   if (check_name (c, name) == -1)
     return -1;
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&S.lock);
+  if (failure_check_command (&S.fail, c) == -1)
+    return -1;
   wait_merge ();
   l = find_snapshot (name);
   if (l == NULL)
@@ -230,12 +274,24 @@ store_cmd_delete (struct command *c, const char *name)
     return command_fail (c, "EBUSY", "snapshot '%s' is the "
                          "snapshot-revert-on-close target", name);
   join_merge ();
+  was_deleting = l->deleting;
   l->deleting = true;
-  if (save_state () == -1) {
-    int e = errno;
-    l->deleting = false;
-    return command_fail (c, command_errno_name (e),
-                         "cannot write the state file: %s", strerror (e));
+  switch (save_state ()) {
+  case 0:
+    break;
+  case -1:
+    e = errno;
+    l->deleting = was_deleting;
+    return fail_errno (c, e, "cannot write the state file: %s",
+                       strerror (e));
+  default:
+    /* Marked deleting in the state in place: the merge runs at the
+     * next start (not now: the store has failed).
+     */
+    return fail_errno (c, errno, "snapshot '%s' is marked deleted, but "
+                       "the state file that says so could not be made "
+                       "durable (%s): a crash may undo it; restart nbdkit",
+                       name, strerror (errno));
   }
   jb_printf (&c->body, ",\"snapshot\":");
   jb_str (&c->body, name);
@@ -249,8 +305,14 @@ store_cmd_delete (struct command *c, const char *name)
     }
   }
   jb_printf (&c->body, "]");
-  if (start_merge () == -1)
+  if (start_merge () == -1) {
     /* The deleting flag is on disk: the merge resumes at next start. */
-    nbdkit_error ("snapshot: cannot start merge thread: %m");
+    e = errno;
+    snprintf (S.merge_error, sizeof S.merge_error, "cannot start the "
+              "merge thread: %s (the merge is retried by the next delete "
+              "and at the next start)", strerror (e));
+    S.merge_error_id = l->id;
+    nbdkit_error ("snapshot: delete '%s': %s", name, S.merge_error);
+  }
   return 0;
 }

@@ -91,9 +91,12 @@ extents_owner (const uint16_t *owner, struct layer *target,
   int r = 0;
 
   if (base) {
-    q.set = malloc (MAX_SLOTS * sizeof *q.set);
-    if (q.set == NULL) { *err = ENOMEM; return -1; }
-    q.nset = symdiff (target, base, q.set);
+    q.set = symdiff (target, base, &q.nset);
+    if (q.set == NULL) {
+      *err = ENOMEM;
+      nbdkit_error ("snapshot: extents: out of memory");
+      return -1;
+    }
   }
 
   while (offset < end) {

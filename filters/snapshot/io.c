@@ -104,6 +104,8 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
                               geom_offset (&S.g, b)) == -1) {
         *err = errno;
         nbdkit_error ("snapshot: write: %m");
+        if (b > b0)
+          layer_touch (a);      /* the blocks before b were marked */
         return -1;
       }
       mark (a, b, v);
@@ -117,9 +119,18 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
         return -1;
       }
     }
-    else
-      /* Give the space back; the state says "zero" whatever is there. */
-      fallocate (a->fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, off, len);
+    else if (fallocate (a->fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE,
+                        off, len) == -1 &&
+             errno != EOPNOTSUPP && errno != ENOSYS) {
+      /* Giving the space back is all the punch is for (the state says
+       * "zero" whatever is there), but a file system that fails it may
+       * fail more: this request fails, the states are unchanged.
+       */
+      *err = errno;
+      nbdkit_error ("snapshot: zero: punching a hole in layer %" PRIu64
+                    ": %m", a->id);
+      return -1;
+    }
     for (b = b0; b < b0 + nb; ++b)
       mark (a, b, v);
   }
@@ -163,6 +174,7 @@ rmw_block (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
 
   if (tmp == NULL) {
     *err = ENOMEM;
+    nbdkit_error ("snapshot: write: out of memory");
     return -1;
   }
   {
@@ -173,15 +185,19 @@ rmw_block (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
   return r;
 }
 
-/* Make every acknowledged write durable (caller is inside the gate). */
+/* Make every acknowledged write durable (caller is inside the gate).  A
+ * failure here is sticky (save_layer): a failed fdatasync may have lost
+ * data that the next one would not report.
+ */
 static int
 flush_locked (int *err)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&S.flush_lock);
 
-  if (layer_save (S.dirfd, S.active, &S.g, false) == -1) {
+  if (save_layer (S.active, false, "flush") == -1) {
     *err = errno;
-    nbdkit_error ("snapshot: flush: %m");
+    if (!failure_is_set (&S.fail))
+      nbdkit_error ("snapshot: flush: %m");
     return -1;
   }
   return 0;
@@ -196,6 +212,8 @@ modify (nbdkit_next *next, const char *buf, uint32_t count, uint64_t offset,
   uint64_t end = offset + count;
   int r = 0;
 
+  if (failure_check (&S.fail, err) == -1)
+    return -1;
   gate_enter (&S.gate);
   while (offset < end) {
     uint64_t b = geom_block (&S.g, offset), boff = offset & mask;
@@ -248,6 +266,8 @@ store_flush (int *err)
 {
   int r;
 
+  if (failure_check (&S.fail, err) == -1)
+    return -1;
   gate_enter (&S.gate);
   r = flush_locked (err);
   gate_leave (&S.gate);

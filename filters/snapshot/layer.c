@@ -9,8 +9,8 @@
 #include <unistd.h>
 
 #include "binhdr.h"
+#include "fileio.h"
 #include "layer.h"
-#include "lockscope.h"
 #include "statefile.h"
 
 /* Map file: the binhdr header, then the 2-bit state words (LE). */
@@ -43,6 +43,7 @@ layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
   l = calloc (1, sizeof *l);
   if (l == NULL) {
     snprintf (why, whylen, "out of memory");
+    errno = ENOMEM;
     return NULL;
   }
   l->id = id;
@@ -52,7 +53,9 @@ layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
   if (bstate_init (&l->st, g->nblocks) == -1) {
     snprintf (why, whylen, "out of memory for a map of %" PRIu64 " blocks",
               g->nblocks);
+    pthread_mutex_destroy (&l->save_lock);
     free (l);
+    errno = ENOMEM;
     return NULL;
   }
   layer_data_name (id, name, sizeof name);
@@ -60,8 +63,10 @@ layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
     flags |= O_CREAT|O_TRUNC;
   l->fd = openat (dirfd, name, flags, 0644);
   if (l->fd == -1) {
-    snprintf (why, whylen, "%s: %s", name, strerror (errno));
+    int e = errno;
+    snprintf (why, whylen, "%s: %s", name, strerror (e));
     layer_free (l);
+    errno = e;
     return NULL;
   }
   return l;
@@ -119,12 +124,14 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
   return -1;
 }
 
-/* Write the map of l: its states as they are now, after syncing its
- * data.  -1 and errno.
+/* Make l durable (see layer.h): sync its data, then, if asked, write
+ * its map: its states as they were before the sync.
  */
-static int
-write_map (int dirfd, struct layer *l, const struct geom *g)
+int
+layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
+            char *what, size_t whatlen)
 {
+  uint64_t gen = __atomic_load_n (&l->gen, __ATOMIC_ACQUIRE);
   struct binhdr hdr = {
     .version = MAP_VERSION, .block_size = g->block_size, .id = l->id,
     .nblocks = g->nblocks, .disk_size = g->disk_size,
@@ -133,44 +140,67 @@ write_map (int dirfd, struct layer *l, const struct geom *g)
   char name[64];
   size_t i, len = BINHDR_SIZE + hdr.payload_len;
   uint8_t *buf;
-  int r = -1;
+  int r, e;
+
+  layer_data_name (l->id, name, sizeof name);
+  if (!force && gen == l->saved_gen) {
+    /* The map on disk is current; only the data may need syncing. */
+    if (fdatasync (l->fd) == -1) {
+      snprintf (what, whatlen, "fdatasync %s", name);
+      return -2;
+    }
+    return 0;
+  }
 
   /* Copy the states BEFORE syncing the data: a block marked after the
    * copy is not in this map, a block marked before it had its bytes
    * written before it was marked, so the fdatasync below covers them.
    */
   buf = calloc (1, len);
-  if (buf == NULL)
+  if (buf == NULL) {
+    snprintf (what, whatlen, "memory for the map of %s", name);
+    errno = ENOMEM;
     return -1;
+  }
   memcpy (hdr.magic, MAP_MAGIC, 8);
   binhdr_put (buf, &hdr);
   for (i = 0; i < l->st.nwords; ++i)
     put_le64 (buf + BINHDR_SIZE + 8 * i,
               __atomic_load_n (&l->st.words[i], __ATOMIC_ACQUIRE));
-  if (fdatasync (l->fd) == 0 && binhdr_seal (buf, len) == 0) {
-    layer_map_name (l->id, name, sizeof name);
-    r = statefile_write (dirfd, name, buf, len);
-    if (r == -2)             /* in place, directory not durable: as before */
-      r = 0;
+  if (fdatasync (l->fd) == -1) {
+    snprintf (what, whatlen, "fdatasync %s", name);
+    r = -2;
+    goto out;
   }
+  layer_map_name (l->id, name, sizeof name);
+  if (binhdr_seal (buf, len) == -1) {
+    snprintf (what, whatlen, "checksum of %s", name);
+    errno = EIO;
+    r = -1;                     /* nothing written */
+    goto out;
+  }
+  r = statefile_write (dirfd, name, buf, len);
+  if (r == -1 && errno == ENOMEM)
+    snprintf (what, whatlen, "memory to write %s", name);
+  else if (r == -1) {
+    snprintf (what, whatlen, "writing %s", name);
+    r = -2;                     /* the old map is intact, but stop here */
+  }
+  else if (r == -2) {
+    /* The new map is in place: it is the one that describes the layer
+     * now, durable or not.
+     */
+    snprintf (what, whatlen, "syncing the directory after writing %s",
+              name);
+    l->saved_gen = gen;
+  }
+  else
+    l->saved_gen = gen;
+ out:
+  e = errno;
   free (buf);
+  errno = e;
   return r;
-}
-
-/* Make the layer durable (data, then the map if it changed or force). */
-int
-layer_save (int dirfd, struct layer *l, const struct geom *g, bool force)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&l->save_lock);
-  uint64_t gen = __atomic_load_n (&l->gen, __ATOMIC_ACQUIRE);
-
-  if (!force && gen == l->saved_gen)
-    /* The map on disk is current; only the data may need syncing. */
-    return fdatasync (l->fd);
-  if (write_map (dirfd, l, g) == -1)
-    return -1;
-  l->saved_gen = gen;
-  return 0;
 }
 
 /* Remove a layer's files (data, map). */
@@ -229,6 +259,16 @@ layer_wait_background (void)
   while (bg_running > 0)
     pthread_cond_wait (&bg_done, &bg_lock);
   pthread_mutex_unlock (&bg_lock);
+}
+
+/* Close the data file of a saved layer, checking the close. */
+int
+layer_close (struct layer *l)
+{
+  int fd = l->fd;
+
+  l->fd = -1;
+  return fd >= 0 ? close_written (fd) : 0;
 }
 
 /* Close the data file and free the layer. */

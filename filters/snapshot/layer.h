@@ -31,11 +31,13 @@ struct layer {
   uint64_t held;                /* atomic: blocks not ABSENT */
   uint64_t gen;                 /* atomic: bumped on every state change */
   uint64_t saved_gen;           /* gen last written to the map file */
-  pthread_mutex_t save_lock;    /* serializes layer_save */
+  pthread_mutex_t save_lock;    /* held around layer_save */
   unsigned refs;                /* table + open views (store lock) */
 };
 
-/* Allocate a layer and open (create if create) its data file. */
+/* Allocate a layer and open (create if create) its data file.  NULL
+ * with errno and a reason in why.
+ */
 struct layer *layer_open (int dirfd, uint64_t id, const struct geom *g,
                           bool create, char *why, size_t whylen)
   __attribute__ ((nonnull (3, 5)));
@@ -46,11 +48,21 @@ int layer_load_map (int dirfd, struct layer *l, const struct geom *g,
   __attribute__ ((nonnull (2, 3, 4)));
 
 /* Make the layer durable: fdatasync its data, then (if it changed since
- * the last save, or force) write its map atomically.  -1 and errno.
+ * the last save, or force) write its map atomically.  The caller holds
+ * l->save_lock.  Returns:
+ *    0  done, durable;
+ *   -1  nothing was written (errno: ENOMEM, or EIO if the checksum
+ *       could not be computed; what says which);
+ *   -2  an I/O step failed (errno; what names the step).  The layer's
+ *       files can no longer be trusted (Linux reports a writeback error
+ *       once: the next fdatasync may return 0 over lost data), so the
+ *       caller must stop saving the layer.  If the new map got in place
+ *       but the directory could not be made durable, l->saved_gen says
+ *       that the map in place is current.
  */
 int layer_save (int dirfd, struct layer *l, const struct geom *g,
-                bool force)
-  __attribute__ ((nonnull (2, 3)));
+                bool force, char *what, size_t whatlen)
+  __attribute__ ((nonnull (2, 3, 5)));
 
 /* Record that blocks changed (call after bstate updates). */
 static inline void
@@ -64,6 +76,11 @@ void layer_unlink (int dirfd, uint64_t id);
 
 /* Close the data file and free the layer. */
 void layer_free (struct layer *l);
+
+/* Close the data file of a layer that was saved (its close can report a
+ * write error nothing else did).  -1 and errno.
+ */
+int layer_close (struct layer *l) __attribute__ ((nonnull (1)));
 
 /* The same in a detached thread: closing the last descriptor of an
  * unlinked data file frees its blocks, which takes time in proportion to

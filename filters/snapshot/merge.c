@@ -9,11 +9,14 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <nbdkit-filter.h>
 
 #include "fileio.h"
+#include "gate.h"
 #include "lockscope.h"
 #include "store-internal.h"
 
@@ -27,11 +30,12 @@ wait_merge (void)
 
 /* Copy block b (in state st) of l into child c if c lacks it, through
  * buf (a block's worth of room); on_live: c is on the live chain, whose
- * owner map then moves the block to c.  -1 and errno on error.
+ * owner map then moves the block to c.  -1 and errno on error (c's
+ * state of b unchanged), with what failed in why.
  */
 static int
 copy_block (struct layer *l, struct layer *c, uint64_t b, unsigned st,
-            char *buf, bool on_live)
+            char *buf, bool on_live, char *why, size_t whylen)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe (b));
   uint64_t bl = geom_block_len (&S.g, b), off = geom_offset (&S.g, b);
@@ -39,10 +43,18 @@ copy_block (struct layer *l, struct layer *c, uint64_t b, unsigned st,
 
   if (bstate_get (&c->st, b) != BSTATE_ABSENT)
     return 0;                   /* c has its own (newer) bytes */
-  if (st == BSTATE_DATA &&
-      (pread_sparse (l->fd, buf, bl, off) == -1 ||
-       pwrite_full (c->fd, buf, bl, off) == -1))
-    return -1;
+  if (st == BSTATE_DATA) {
+    if (pread_sparse (l->fd, buf, bl, off) == -1) {
+      snprintf (why, whylen, "reading layer %" PRIu64 ": %s", l->id,
+                strerror (errno));
+      return -1;
+    }
+    if (pwrite_full (c->fd, buf, bl, off) == -1) {
+      snprintf (why, whylen, "writing layer %" PRIu64 ": %s", c->id,
+                strerror (errno));
+      return -1;
+    }
+  }
   if (bstate_set (&c->st, b, st) == BSTATE_ABSENT)
     __atomic_add_fetch (&c->held, 1, __ATOMIC_RELAXED);
   if (on_live)
@@ -51,9 +63,11 @@ copy_block (struct layer *l, struct layer *c, uint64_t b, unsigned st,
   return 0;
 }
 
-/* Copy every block of l that child c lacks into c.  Returns -1 on error. */
+/* Copy every block of l that child c lacks into c, and make c durable.
+ * -1 on error, with what failed in why.
+ */
 static int
-merge_into (struct layer *l, struct layer *c)
+merge_into (struct layer *l, struct layer *c, char *why, size_t whylen)
 {
   bool live = c->active;
   bool on_live;
@@ -61,8 +75,10 @@ merge_into (struct layer *l, struct layer *c)
   uint64_t b;
   int r = 0;
 
-  if (buf == NULL)
+  if (buf == NULL) {
+    snprintf (why, whylen, "out of memory");
     return -1;
+  }
   pthread_mutex_lock (&S.lock);
   on_live = on_live_chain (c);
   pthread_mutex_unlock (&S.lock);
@@ -83,16 +99,25 @@ merge_into (struct layer *l, struct layer *c)
     if (st == BSTATE_ABSENT)
       continue;
     if (__atomic_load_n (&S.stopping, __ATOMIC_ACQUIRE)) {
+      snprintf (why, whylen, "nbdkit is stopping");
       r = -1;
-      errno = EINTR;
       break;
     }
-    r = copy_block (l, c, b, st, buf, on_live);
+    if (failure_is_set (&S.fail)) {
+      snprintf (why, whylen, "the store failed: %.150s", S.fail.why);
+      r = -1;
+      break;
+    }
+    r = copy_block (l, c, b, st, buf, on_live, why, whylen);
   }
   layer_touch (c);
   free (buf);
-  if (r == 0 && layer_save (S.dirfd, c, &S.g, true) == -1)
+  if (r == 0 && save_layer (c, true, "merge: making a child layer "
+                            "durable") == -1) {
+    snprintf (why, whylen, "making layer %" PRIu64 " durable: %.120s", c->id,
+              failure_is_set (&S.fail) ? S.fail.why : strerror (errno));
     r = -1;
+  }
   return r;
 }
 
@@ -107,47 +132,77 @@ next_deleting (void)
   return NULL;
 }
 
+/* Why the merge of l stopped, or NULL (store lock held). */
+const char *
+merge_error (const struct layer *l)
+{
+  return S.merge_error[0] && S.merge_error_id == l->id ? S.merge_error
+    : NULL;
+}
+
 /* Commit the end of the merge of l into its n children: they take l's
- * parent, l goes.  Store lock held.  -1 if the state cannot be written
- * (the merge is then redone at next start).
+ * parent, l goes.  Store lock held.  -1 if the state file still in place
+ * is the old one (the merge is then redone at next start).
  */
 static int
-finish_merge (struct layer *l, struct layer **children, size_t n)
+finish_merge (struct layer *l, struct layer **children, size_t n,
+              char *why, size_t whylen)
 {
+  GATE_HOLD_FOR_CURRENT_SCOPE (&S.gate);
   size_t i;
-  int r = 0;
+  int r, e;
 
-  gate_hold (&S.gate);
   for (i = 0; i < n; ++i)
     children[i]->parent = l->parent;
   l->detached = true;
-  if (save_state () == -1) {
-    nbdkit_error ("snapshot: finishing the delete of '%s': cannot write "
-                  "the state file: %m (it will be retried at next start)",
-                  l->name);
+  r = save_state ();
+  e = errno;
+  l->detached = false;
+  if (r == -1) {
+    snprintf (why, whylen, "cannot write the state file: %s", strerror (e));
     for (i = 0; i < n; ++i)
       children[i]->parent = l;
-    l->detached = false;
-    r = -1;
+    return -1;
   }
-  else {
-    l->detached = false;
-    detach (l);
-    nbdkit_debug ("snapshot: delete finished");
+  if (r == -2) {
+    /* In place, not durable: keep the new tree, and l's files for the
+     * old state a crash may bring back.
+     */
+    nbdkit_error ("snapshot: finishing the delete of '%s': the state file "
+                  "could not be made durable: %s (a crash may bring the "
+                  "snapshot back, merging)", l->name, strerror (e));
+    detach_keep_files (l);
+    return 0;
   }
-  gate_release (&S.gate);
-  return r;
+  detach (l);
+  nbdkit_debug ("snapshot: delete finished");
+  return 0;
 }
 
 /* Merge one deleting layer into its children and drop it.  Called and
- * returns with the store lock held.  -1 on error (left for next start).
+ * returns with the store lock held.  -1 on error (S.merge_error says
+ * why; the merge is retried by the next delete and at the next start).
  */
 static int
-merge_one (struct layer *l, struct layer **children)
+merge_one (struct layer *l)
 {
+  struct layer **children;
   size_t i, n = 0;
+  char why[200] = "";
   int r = 0;
 
+  for (i = 1; i < MAX_SLOTS; ++i) {
+    struct layer *c = S.slots[i];
+    if (c && !c->detached && c->parent == l)
+      n++;
+  }
+  children = malloc ((n + 1) * sizeof *children);
+  if (children == NULL) {
+    snprintf (why, sizeof why, "out of memory");
+    r = -1;
+    goto out;
+  }
+  n = 0;
   for (i = 1; i < MAX_SLOTS; ++i) {
     struct layer *c = S.slots[i];
     if (c && !c->detached && c->parent == l) {
@@ -159,17 +214,23 @@ merge_one (struct layer *l, struct layer **children)
 
   nbdkit_debug ("snapshot: merging '%s' into %zu child layer(s)", l->name, n);
   for (i = 0; i < n && r == 0; ++i)
-    r = merge_into (l, children[i]);
+    r = merge_into (l, children[i], why, sizeof why);
   __atomic_store_n (&S.merge_into_active, 0, __ATOMIC_RELEASE);
 
   pthread_mutex_lock (&S.lock);
   if (r == 0)
-    r = finish_merge (l, children, n);
-  else if (!S.stopping)
-    nbdkit_error ("snapshot: merging '%s' failed: %m (it will be retried "
-                  "at next start)", l->name);
+    r = finish_merge (l, children, n, why, sizeof why);
   for (i = 0; i < n; ++i)
     unref (children[i]);
+  free (children);
+ out:
+  if (r == -1) {
+    snprintf (S.merge_error, sizeof S.merge_error, "%s", why);
+    S.merge_error_id = l->id;
+    if (!S.stopping)
+      nbdkit_error ("snapshot: merging '%s' failed: %s (it is retried by "
+                    "the next delete and at the next start)", l->name, why);
+  }
   return r;
 }
 
@@ -177,17 +238,15 @@ merge_one (struct layer *l, struct layer **children)
 static void *
 merge_thread (void *arg)
 {
-  struct layer **children = malloc (MAX_SLOTS * sizeof *children);
   struct layer *l;
 
   pthread_mutex_lock (&S.lock);
-  while (children && !S.stopping && (l = next_deleting ()) != NULL)
-    if (merge_one (l, children) == -1)
+  while (!S.stopping && (l = next_deleting ()) != NULL)
+    if (merge_one (l) == -1)
       break;
   S.merging = false;
   pthread_cond_broadcast (&S.cond);
   pthread_mutex_unlock (&S.lock);
-  free (children);
   return NULL;
 }
 
@@ -197,6 +256,11 @@ start_merge (void)
 {
   int e;
 
+  if (failure_is_set (&S.fail)) {
+    errno = EIO;
+    return -1;
+  }
+  S.merge_error[0] = '\0';
   S.merging = true;
   e = pthread_create (&S.merge_tid, NULL, merge_thread, NULL);
   if (e != 0) {

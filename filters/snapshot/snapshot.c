@@ -35,7 +35,7 @@ struct handle {
 
 static struct store_config cfg;
 static unsigned policy = POLICY_DEFAULT;
-static nbdkit_backend *backend;
+static nbdkit_backend *backend;         /* for store_ready in .open */
 
 /* Take our parameters; pass the others down. */
 static int
@@ -54,7 +54,12 @@ snapshot_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       nbdkit_error ("snapshot-revert-on-close=%s: %s", value, why);
       return -1;
     }
+    free ((char *) cfg.revert_on_close);
     cfg.revert_on_close = strdup (value);
+    if (cfg.revert_on_close == NULL) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
     return 0;
   }
   if (param_unknown (key, "snapshot", "snapshot-dir, snapshot-block-size, "
@@ -91,19 +96,33 @@ snapshot_unload (void)
   free ((char *) cfg.revert_on_close);
 }
 
-/* Start the store (before forking into the background). */
+/* Start the store: the directory and its state file (before forking
+ * into the background; nothing here reads the disk below).
+ */
 static int
 snapshot_get_ready (int thread_model)
 {
   stack_get_ready (STACK_SNAPSHOT);   /* for the nbdsnap filters above */
-  return store_start (&cfg, backend);
+  return store_start (&cfg);
 }
 
-/* Resume interrupted deletes (threads must start after the fork). */
+/* Finish starting: the disk below, the layers; resume interrupted
+ * deletes (threads must start after the fork).
+ */
 static int
 snapshot_after_fork (nbdkit_backend *b)
 {
-  return store_after_fork ();
+  return store_after_fork (b);
+}
+
+/* The live disk is the plugin's default export, whatever the plugin
+ * calls it: clients asking for "" get "" (see store_live_bind).
+ */
+static const char *
+snapshot_default_export (nbdkit_next_default_export *next,
+                         nbdkit_backend *nxdata, int readonly, int is_tls)
+{
+  return "";
 }
 
 /* Stop the store. */
@@ -129,19 +148,27 @@ static int
 perform (struct command *c, const struct export_name *en, void *opaque)
 {
   const char *v = en->verb;
+  int r;
 
   if (strcmp (v, "list") == 0 && en->nargs == 0)
-    return store_cmd_list (c);
-  if (strcmp (v, "create") == 0 && en->nargs == 1)
-    return store_cmd_create (c, en->args[0]);
-  if (strcmp (v, "delete") == 0 && en->nargs == 1)
-    return store_cmd_delete (c, en->args[0]);
-  if (strcmp (v, "revert") == 0 &&
-      (en->nargs == 1 ||
-       (en->nargs == 2 && strcmp (en->args[1], "force") == 0)))
-    return store_cmd_revert (c, en->args[0], en->nargs == 2);
-  command_bad_args (c, "nbdkit-snapshot-filter(1)");
-  return -1;
+    r = store_cmd_list (c);
+  else if (strcmp (v, "create") == 0 && en->nargs == 1)
+    r = store_cmd_create (c, en->args[0]);
+  else if (strcmp (v, "delete") == 0 && en->nargs == 1)
+    r = store_cmd_delete (c, en->args[0]);
+  else if (strcmp (v, "revert") == 0 &&
+           (en->nargs == 1 ||
+            (en->nargs == 2 && strcmp (en->args[1], "force") == 0)))
+    r = store_cmd_revert (c, en->args[0], en->nargs == 2);
+  else {
+    command_bad_args (c, "nbdkit-snapshot-filter(1)");
+    return -1;
+  }
+  /* A result that could not be written in full must not say "ok". */
+  if (r == 0 && c->body.oom)
+    return command_fail (c, "ENOMEM", "out of memory for the result of "
+                         "'%s' (the command itself was done)", v);
+  return r;
 }
 
 /* Open a LIVE, VIEW, COMMAND or PASS handle according to the export name. */
@@ -151,8 +178,14 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
 {
   struct handle *h;
   struct export_name en;
+  const char *disk;
   char why[512];
 
+  /* Normally done by .after_fork; a filter above that opens us from its
+   * own .get_ready gets it done now.
+   */
+  if (store_ready (backend) == -1)
+    return NULL;
   h = calloc (1, sizeof *h);
   if (h == NULL) {
     nbdkit_error ("calloc: %m");
@@ -177,7 +210,8 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     h->fh.kind = LIVE;
     h->view.live = true;
     h->writable = !readonly;
-    if (next (nxdata, 1, exportname) == -1)
+    if (store_live_bind (exportname) == -1 ||
+        next (nxdata, 1, exportname) == -1)
       goto err;
     store_live_open (h->writable);
     snprintf (h->fh.desc, sizeof h->fh.desc, "live disk");
@@ -189,7 +223,7 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
       nbdkit_error ("snapshot: %s: %s", exportname, why);
       goto err;
     }
-    if (next (nxdata, 1, "") == -1) {
+    if ((disk = store_disk_name ()) == NULL || next (nxdata, 1, disk) == -1) {
       store_view_close (&h->view);
       goto err;
     }
@@ -210,7 +244,8 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
         nbdkit_error ("snapshot: %s: %s", exportname, why);
         goto err;
       }
-      if (next (nxdata, 1, "") == -1) {
+      if ((disk = store_disk_name ()) == NULL ||
+          next (nxdata, 1, disk) == -1) {
         store_view_close (&h->view);
         goto err;
       }
@@ -255,10 +290,8 @@ snapshot_prepare (nbdkit_next *next, void *handle, int readonly)
   if (h->fh.kind == PASS)
     return command_check_below (next, "snapshot");
   if ((h->fh.kind == LIVE || h->fh.kind == VIEW) &&
-      next->get_size (next) != (int64_t) store_size ()) {
-    nbdkit_error ("snapshot: the plugin's disk changed size under us");
+      store_check_disk (next) == -1)
     return -1;
-  }
   /* nbdkit asserts that can_extents was asked before extents is used. */
   if ((h->fh.kind == LIVE || h->fh.kind == VIEW) &&
       next->can_extents (next) == -1)
@@ -429,6 +462,7 @@ static struct nbdkit_filter filter = {
   .get_ready          = snapshot_get_ready,
   .after_fork         = snapshot_after_fork,
   .cleanup            = snapshot_cleanup,
+  .default_export     = snapshot_default_export,
   .list_exports       = snapshot_list_exports,
   .open               = snapshot_open,
   .close              = snapshot_close,

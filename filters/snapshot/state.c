@@ -19,6 +19,7 @@
 
 #include "json.h"
 #include "kvtext.h"
+#include "lockscope.h"
 #include "statedir.h"
 #include "store-internal.h"
 
@@ -30,7 +31,7 @@
 #define FIX "restore the directory from a backup, or start with an " \
   "empty snapshot-dir (its snapshots are then lost)"
 
-/* Serialize the table to the state file (store lock held). */
+/* Commit the table to the state file (store lock held). */
 int
 save_state (void)
 {
@@ -38,8 +39,12 @@ save_state (void)
   char hex[2 * SHA256_LEN + 1];
   uint64_t last = 0;
   size_t i;
-  int r;
+  int r, e;
 
+  if (failure_is_set (&S.fail)) {
+    errno = EIO;
+    return -1;
+  }
   jb_printf (&j, "%s\nversion %d\ndisk-size %" PRIu64 "\nblock-size %u\n",
              STATE_MAGIC, STATE_VERSION, S.g.disk_size, S.g.block_size);
   hex_encode (S.fp, SHA256_LEN, hex);
@@ -66,10 +71,41 @@ save_state (void)
     return -1;
   }
   r = kv_write_file (S.dirfd, STATE_NAME, j.p, j.len);
-  if (r == -2)             /* in place, directory not durable: as before */
-    r = 0;
+  e = errno;
   jb_free (&j);
+  if (r == -1 && e != ENOMEM)
+    failure_set (&S.fail, "snapshot", e, "writing the state file of "
+                 "snapshot-dir %s (the old one is still in place)", S.dir);
+  else if (r == -2)
+    failure_set (&S.fail, "snapshot", e, "syncing snapshot-dir %s after "
+                 "replacing its state file (the change is in place, but a "
+                 "crash may undo it)", S.dir);
+  errno = e;
   return r;
+}
+
+/* Make layer l durable, entering the failed state on an I/O error. */
+int
+save_layer (struct layer *l, bool force, const char *during)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&l->save_lock);
+  char what[128];
+  int r, e;
+
+  if (failure_is_set (&S.fail)) {
+    errno = EIO;
+    return -1;
+  }
+  r = layer_save (S.dirfd, l, &S.g, force, what, sizeof what);
+  if (r == 0)
+    return 0;
+  e = errno;
+  if (r == -2)
+    failure_set (&S.fail, "snapshot", e, "%s: %s", during, what);
+  else
+    nbdkit_debug ("snapshot: %s: %s: %s", during, what, strerror (e));
+  errno = e;
+  return -1;
 }
 
 /* A layer line of the state file. */
@@ -194,70 +230,146 @@ parse_state (char *text, size_t len, struct parsed_state *ps)
   return 0;
 }
 
-/* The disk below must be the disk the directory was made for; take the
- * directory's block size.
+/* The geometry of the state, as far as it can be checked without the
+ * disk below: the block size.
  */
 static int
-check_disk (const struct parsed_state *ps, uint32_t want_bs)
+check_block_size (const struct parsed_state *ps, uint32_t want_bs)
 {
   uint32_t bs = ps->block_size;
 
-  if (ps->disk_size != S.g.disk_size)
-    return refuse ("was made for a disk of %" PRIu64 " bytes, but the "
-                   "plugin's disk now has %" PRIu64 " bytes; start nbdkit "
-                   "on the original disk, or use a new snapshot-dir",
-                   ps->disk_size, S.g.disk_size);
   if (want_bs && want_bs != bs)
     return refuse ("uses snapshot-block-size=%" PRIu32 ", not %" PRIu32
                    "; drop the snapshot-block-size parameter or use a new "
                    "snapshot-dir", bs, want_bs);
   if (!geom_block_size_ok (bs))
     return refuse ("%s: invalid block size %" PRIu32, STATE_NAME, bs);
-  geom_init (&S.g, ps->disk_size, bs);
-  if (memcmp (ps->fp, S.fp, SHA256_LEN) != 0)
-    return refuse ("was made for another disk (the first/last blocks of "
-                   "the plugin's disk differ from when it was created); "
-                   "start nbdkit on the original disk, or use a new "
-                   "snapshot-dir");
-  S.next_id = ps->next_id;
   return 0;
 }
 
-/* Open every layer the state names, with its map. */
-static int
-open_layers (const struct parsed_state *ps)
+/* The index in ps of the layer with id, or ps->nlayers. */
+static size_t
+find_parsed (const struct parsed_state *ps, uint64_t id)
 {
-  char why[512];
   size_t i;
 
+  for (i = 0; i < ps->nlayers; ++i)
+    if (ps->layers[i].id == id)
+      break;
+  return i;
+}
+
+/* The tree of layers the state describes must make sense: ids, kinds,
+ * names, parents, exactly one active layer.
+ */
+static int
+check_layers (const struct parsed_state *ps)
+{
+  char why[256];
+  size_t i, k, nactive = 0;
+
+  if (ps->nlayers >= MAX_SLOTS)
+    return refuse ("%s: too many layers (%zu; at most %d)", STATE_NAME,
+                   ps->nlayers, MAX_SLOTS - 1);
   for (i = 0; i < ps->nlayers; ++i) {
     const struct parsed_layer *pl = &ps->layers[i];
     bool active = strcmp (pl->kind, "active") == 0;
-    struct layer *l;
 
     if (pl->id == 0 || pl->id >= ps->next_id ||
         (pl->parent != 0 && pl->parent >= pl->id))
-      return refuse ("%s: inconsistent layer %" PRIu64, STATE_NAME, pl->id);
+      return refuse ("%s: inconsistent layer %" PRIu64 "; %s", STATE_NAME,
+                     pl->id, FIX);
     if (!active && strcmp (pl->kind, "frozen") != 0 &&
         strcmp (pl->kind, "deleting") != 0)
       return refuse ("%s: layer %" PRIu64 " has unknown kind '%s'",
                      STATE_NAME, pl->id, pl->kind);
     if (!active && !name_valid (pl->name, why, sizeof why))
       return refuse ("%s: layer %" PRIu64 ": %s", STATE_NAME, pl->id, why);
-    if (!active && find_snapshot (pl->name))
-      return refuse ("%s: snapshot name '%s' appears twice", STATE_NAME,
-                     pl->name);
-    if (active && S.active)
+    if (active && ++nactive > 1)
       return refuse ("%s: more than one active layer", STATE_NAME);
+    for (k = 0; k < i; ++k) {
+      const struct parsed_layer *o = &ps->layers[k];
+      if (o->id == pl->id)
+        return refuse ("%s: layer %" PRIu64 " appears twice", STATE_NAME,
+                       pl->id);
+      if (!active && strcmp (o->kind, "active") != 0 &&
+          strcmp (o->name, pl->name) == 0)
+        return refuse ("%s: snapshot name '%s' appears twice", STATE_NAME,
+                       pl->name);
+    }
+  }
+  for (i = 0; i < ps->nlayers; ++i) {
+    const struct parsed_layer *pl = &ps->layers[i];
+    size_t p;
+
+    if (pl->parent == 0)
+      continue;
+    p = find_parsed (ps, pl->parent);
+    if (p == ps->nlayers || strcmp (ps->layers[p].kind, "active") == 0)
+      return refuse ("%s: layer %" PRIu64 " has a missing parent %" PRIu64,
+                     STATE_NAME, pl->id, pl->parent);
+  }
+  if (nactive == 0)
+    return refuse ("%s: no active layer", STATE_NAME);
+  return 0;
+}
+
+/* The disk below must be the disk the directory was made for. */
+static int
+check_disk (const struct parsed_state *ps)
+{
+  if (ps->disk_size != S.g.disk_size)
+    return refuse ("was made for a disk of %" PRIu64 " bytes, but the "
+                   "plugin's disk now has %" PRIu64 " bytes; start nbdkit "
+                   "on the original disk, or use a new snapshot-dir",
+                   ps->disk_size, S.g.disk_size);
+  if (memcmp (ps->fp, S.fp, SHA256_LEN) != 0)
+    return refuse ("was made for another disk (the first/last blocks of "
+                   "the plugin's disk differ from when it was created); "
+                   "start nbdkit on the original disk, or use a new "
+                   "snapshot-dir");
+  geom_init (&S.g, ps->disk_size, ps->block_size);
+  S.next_id = ps->next_id;
+  return 0;
+}
+
+/* Open every layer the state names, with its map, and link them (the
+ * tree was checked by check_layers).
+ */
+static int
+open_layers (const struct parsed_state *ps)
+{
+  struct layer **ls;
+  char why[512];
+  size_t i;
+  int r = -1;
+
+  ls = calloc (ps->nlayers + 1, sizeof *ls);
+  if (ls == NULL)
+    return refuse ("out of memory");
+  for (i = 0; i < ps->nlayers; ++i) {
+    const struct parsed_layer *pl = &ps->layers[i];
+    bool active = strcmp (pl->kind, "active") == 0;
+    struct layer *l;
+
     l = layer_open (S.dirfd, pl->id, &S.g, false, why, sizeof why);
-    if (l == NULL)
-      return refuse ("%s (listed in the state file); %s", why, FIX);
+    if (l == NULL) {
+      if (errno == ENOMEM)
+        refuse ("%s", why);
+      else
+        refuse ("%s (listed in the state file); %s", why, FIX);
+      goto out;
+    }
     if (alloc_slot (l) == -1) {
       layer_free (l);
-      return refuse ("too many layers");
+      refuse ("too many layers");
+      goto out;
     }
-    if (layer_load_map (S.dirfd, l, &S.g, why, sizeof why) == -1)
-      return refuse ("%s; %s", why, FIX);
+    ls[i] = l;
+    if (layer_load_map (S.dirfd, l, &S.g, why, sizeof why) == -1) {
+      refuse ("%s; %s", why, FIX);
+      goto out;
+    }
     l->saved_gen = l->gen = 0;
     l->created = pl->created;
     l->active = active;
@@ -267,50 +379,12 @@ open_layers (const struct parsed_state *ps)
     else
       snprintf (l->name, sizeof l->name, "%s", pl->name);
   }
-  return 0;
-}
-
-/* Link parents once every layer is known (lines may come in any order). */
-static int
-link_layers (const struct parsed_state *ps)
-{
-  size_t i, s;
-
-  for (i = 0; i < ps->nlayers; ++i) {
-    const struct parsed_layer *pl = &ps->layers[i];
-    struct layer *l = NULL, *p = NULL;
-
-    for (s = 1; s < MAX_SLOTS; ++s) {
-      if (S.slots[s] && S.slots[s]->id == pl->id) {
-        if (l)
-          return refuse ("%s: layer %" PRIu64 " appears twice", STATE_NAME,
-                         pl->id);
-        l = S.slots[s];
-      }
-      if (pl->parent && S.slots[s] && S.slots[s]->id == pl->parent)
-        p = S.slots[s];
-    }
-    if (pl->parent && (p == NULL || p->active))
-      return refuse ("%s: layer %" PRIu64 " has a missing parent %" PRIu64,
-                     STATE_NAME, pl->id, pl->parent);
-    l->parent = p;
-  }
-  if (S.active == NULL)
-    return refuse ("%s: no active layer", STATE_NAME);
-  return 0;
-}
-
-/* Load the state file (text, len bytes) and every layer it names. */
-static int
-load_state (char *text, size_t len, uint32_t want_bs)
-{
-  struct parsed_state ps = { 0 };
-  int r = -1;
-
-  if (parse_state (text, len, &ps) == 0 && check_disk (&ps, want_bs) == 0 &&
-      open_layers (&ps) == 0 && link_layers (&ps) == 0)
-    r = 0;
-  free (ps.layers);
+  for (i = 0; i < ps->nlayers; ++i)
+    if (ps->layers[i].parent)
+      ls[i]->parent = ls[find_parsed (ps, ps->layers[i].parent)];
+  r = 0;
+ out:
+  free (ls);
   return r;
 }
 
@@ -353,8 +427,8 @@ check_no_layers (void)
   return 0;
 }
 
-/* A new directory (no state file): one empty active layer, in blocks of
- * bs, and the state that names it.
+/* A new directory (no state file, no layers: see check_no_layers): one
+ * empty active layer, in blocks of bs, and the state that names it.
  */
 static int
 create_state (uint32_t bs)
@@ -362,8 +436,6 @@ create_state (uint32_t bs)
   struct layer *a;
   char why[512];
 
-  if (check_no_layers () == -1)
-    return -1;
   geom_init (&S.g, S.g.disk_size, bs);
   S.next_id = 1;
   a = new_layer (NULL, why, sizeof why);
@@ -373,10 +445,24 @@ create_state (uint32_t bs)
   }
   a->active = true;
   S.active = a;
-  if (save_state () == -1) {
+  switch (save_state ()) {
+  case 0:
+    break;
+  case -1:
     nbdkit_error ("snapshot-dir %s: cannot write the state file: %m",
                   S.dir);
     drop_new_layer (a);
+    S.active = NULL;
+    return -1;
+  default:
+    /* In place, but not durable: do not start on it.  The next start
+     * finds it, or what an interrupted first start leaves (which
+     * check_no_layers removes).
+     */
+    nbdkit_error ("snapshot-dir %s: the new state file could not be made "
+                  "durable: %m", S.dir);
+    S.slots[a->slot] = NULL;
+    layer_free (a);
     S.active = NULL;
     return -1;
   }
@@ -409,24 +495,59 @@ remove_strays (void)
                           known_layer, "snapshot");
 }
 
-/* Load the state, or set up a new directory; then remove strays. */
-int
-load_or_create_state (uint32_t want_bs, uint32_t new_bs)
+/* What read_state found, for load_or_create_state. */
+static struct {
+  char *text;                   /* the state file; NULL: there is none */
+  struct parsed_state ps;       /* its lines (pointing into text) */
+} found;
+
+/* Free what read_state kept. */
+void
+forget_state (void)
 {
-  char *text;
+  free (found.text);
+  free (found.ps.layers);
+  memset (&found, 0, sizeof found);
+}
+
+/* .get_ready: read and check the state file, or check that a directory
+ * without one holds no layers.
+ */
+int
+read_state (uint32_t want_bs)
+{
   size_t len;
+
+  forget_state ();
+  if (statefile_read (S.dirfd, STATE_NAME, &found.text, &len) == -1) {
+    found.text = NULL;
+    if (errno != ENOENT) {
+      nbdkit_error ("snapshot-dir %s: cannot read %s: %m", S.dir,
+                    STATE_NAME);
+      return -1;
+    }
+    return check_no_layers ();
+  }
+  if (parse_state (found.text, len, &found.ps) == -1 ||
+      check_block_size (&found.ps, want_bs) == -1 ||
+      check_layers (&found.ps) == -1) {
+    forget_state ();
+    return -1;
+  }
+  return 0;
+}
+
+/* .after_fork: load the state read (or create one); remove strays. */
+int
+load_or_create_state (uint32_t new_bs)
+{
   int r;
 
-  if (statefile_read (S.dirfd, STATE_NAME, &text, &len) == 0) {
-    r = load_state (text, len, want_bs);
-    free (text);
-  }
-  else if (errno != ENOENT) {
-    nbdkit_error ("snapshot-dir %s: cannot read %s: %m", S.dir, STATE_NAME);
-    r = -1;
-  }
+  if (found.text)
+    r = check_disk (&found.ps) == 0 && open_layers (&found.ps) == 0 ? 0 : -1;
   else
     r = create_state (new_bs);
+  forget_state ();
   if (r == 0)
     remove_strays ();
   return r;

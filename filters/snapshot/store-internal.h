@@ -16,6 +16,15 @@
  *  - Frozen layers never change except by merge, which only fills blocks a
  *    layer lacks with the bytes it already showed through from its parent.
  *
+ * Failures: an I/O error that cannot be undone (a failed fdatasync of a
+ * layer, a failed write of a map or of the state file, a directory that
+ * could not be made durable) puts the store into the failed state
+ * (failure.h, S.fail): from then on writes, zeroes, trims, flushes and
+ * the commands that change the tree answer EIO, nothing more is saved,
+ * and what the next start finds is what was made durable before.  A
+ * failed pwrite (or hole punch) of one request only fails that request:
+ * the block states are changed only after the bytes are written.
+ *
  * The files of the store:
  *   io.c        the data path of the live disk and views
  *   chain.c     chains of layers and their owner maps
@@ -36,7 +45,9 @@
 #include <stdint.h>
 
 #include "command.h"
+#include "diskname.h"
 #include "exportname.h"
+#include "failure.h"
 #include "gate.h"
 #include "geom.h"
 #include "layer.h"
@@ -68,7 +79,12 @@ struct store {
   bool merging, stopping;
   pthread_t merge_tid;
   bool merge_tid_valid;
+  char merge_error[256];        /* why the last merge stopped, or "" */
+  uint64_t merge_error_id;      /* the layer it was merging away */
   char revert_on_close[NAME_MAX_LEN + 1];
+
+  struct failure fail;          /* the sticky failed state */
+  struct disk_name disk;        /* the export of the disk below */
 };
 
 extern struct store S;
@@ -98,10 +114,10 @@ stripe (uint64_t b)
 /* Compute the owner map of the chain ending at top (NULL: the plugin). */
 void compute_owner (struct layer *top, uint16_t *owner)
   __attribute__ ((nonnull (2)));
-/* Layers in exactly one of the chains of a and b, into out (room for
- * MAX_SLOTS); returns their number.
+/* The layers in exactly one of the chains of a and b: a malloc'd array
+ * of *n of them, or NULL (ENOMEM).
  */
-size_t symdiff (struct layer *a, struct layer *b, struct layer **out)
+struct layer **symdiff (struct layer *a, struct layer *b, size_t *n)
   __attribute__ ((nonnull (3)));
 /* Is l on the live chain?  (store lock or gate held) */
 bool on_live_chain (struct layer *l) __attribute__ ((nonnull (1)));
@@ -115,8 +131,13 @@ int alloc_slot (struct layer *l) __attribute__ ((nonnull (1)));
 void unref (struct layer *l) __attribute__ ((nonnull (1)));
 /* Remove l from the table: its files go now, its memory when unused. */
 void detach (struct layer *l) __attribute__ ((nonnull (1)));
+/* The same, keeping its files: a state file that names l may still be
+ * the one found after a crash (it is a stray otherwise, removed at the
+ * next start).
+ */
+void detach_keep_files (struct layer *l) __attribute__ ((nonnull (1)));
 /* A new empty layer on top of parent, with its empty map on disk.  NULL
- * with a reason in why.
+ * with errno and a reason in why.
  */
 struct layer *new_layer (struct layer *parent, char *why, size_t whylen)
   __attribute__ ((nonnull (2)));
@@ -124,15 +145,32 @@ struct layer *new_layer (struct layer *parent, char *why, size_t whylen)
 void drop_new_layer (struct layer *l) __attribute__ ((nonnull (1)));
 
 /* state.c */
-/* Serialize the table to the state file (store lock held).  -1 and
- * errno.
+/* Commit the table to the state file (store lock held).  Returns 0;
+ * -1 (errno) if the old state file is still the one in place: the
+ * caller undoes its change in memory; or -2 (errno) if the new state
+ * file is in place but could not be made durable: the caller keeps its
+ * change (what is in memory matches the file in place).  An I/O error
+ * (anything but ENOMEM) has put the store into the failed state.
  */
 int save_state (void);
-/* Load the state file and its layers (want_bs: the block size asked
- * for, 0 if none), or set up a new directory with blocks of new_bs.
+/* Make layer l durable (layer_save, under its save lock).  In the
+ * failed state nothing is saved (EIO); an I/O error enters it, with
+ * during (what was being done) in the message.  0, or -1 and errno.
+ */
+int save_layer (struct layer *l, bool force, const char *during)
+  __attribute__ ((nonnull (1, 3)));
+/* .get_ready: read and check the state file (want_bs: the block size
+ * asked for, 0 if none); without one, check that the directory holds no
+ * layers.  Nothing here needs the disk below.  -1 after nbdkit_error.
+ */
+int read_state (uint32_t want_bs);
+/* .after_fork, the disk below probed: check the state read against it
+ * and load its layers, or set up a new directory with blocks of new_bs.
  * Then remove the files no state names.  -1 after nbdkit_error.
  */
-int load_or_create_state (uint32_t want_bs, uint32_t new_bs);
+int load_or_create_state (uint32_t new_bs);
+/* Free what read_state kept (if load_or_create_state never ran). */
+void forget_state (void);
 
 /* commands.c */
 /* Switch the live disk to a new empty layer on top of target, discarding
@@ -147,6 +185,8 @@ int do_revert (struct command *c, struct layer *target, uint64_t *discarded)
 void wait_merge (void);
 /* Start the merge thread (store lock held).  -1 and errno. */
 int start_merge (void);
+/* Why the merge of l stopped, or NULL (store lock held). */
+const char *merge_error (const struct layer *l) __attribute__ ((nonnull (1)));
 /* Reap the merge thread: after wait_merge (store lock held), or after
  * setting S.stopping (store lock not held: the thread takes it).
  */

@@ -36,14 +36,36 @@ struct view {
   struct layer *base;           /* change maps: the BASE snapshot */
 };
 
-/* Start: lock the dir, probe the plugin through backend, load or create
- * the state.  -1 after nbdkit_error.
+/* .get_ready: lock the dir, read and check the state file (nothing that
+ * needs the disk below).  -1 after nbdkit_error.
  */
-int store_start (const struct store_config *cfg, nbdkit_backend *backend);
-/* Resume background work (a merge interrupted by a stop). */
-int store_after_fork (void);
+int store_start (const struct store_config *cfg) __attribute__ ((nonnull));
+/* .after_fork: probe the disk below through backend, check the state
+ * against it and load the layers (or create the state of a new dir),
+ * resume a merge interrupted by a stop.  -1 after nbdkit_error.
+ */
+int store_after_fork (nbdkit_backend *backend);
+/* The second half of the start (without resuming merges), done once:
+ * by .after_fork, or earlier by the first open if a filter above opens
+ * the disk from its own .get_ready.  -1 after nbdkit_error.
+ */
+int store_ready (nbdkit_backend *backend);
 /* Flush and release everything (clean shutdown). */
 void store_stop (void);
+
+/* The disk below: the store keeps the history of one export of the
+ * plugin, bound when the store probes it at start ("", the default
+ * export).  A live connection to another export is refused: -1 after
+ * nbdkit_error.
+ */
+int store_live_bind (const char *exportname) __attribute__ ((nonnull));
+/* The export views read (NULL after nbdkit_error). */
+const char *store_disk_name (void);
+/* .prepare of a live or view connection: the disk behind next must be
+ * the disk the store keeps (its size; its fingerprint, checked once).
+ * -1 after nbdkit_error.
+ */
+int store_check_disk (nbdkit_next *next) __attribute__ ((nonnull));
 
 /* Size of the disk; block size of the layers (once started). */
 uint64_t store_size (void);

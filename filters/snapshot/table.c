@@ -62,28 +62,49 @@ detach (struct layer *l)
   unref (l);
 }
 
+/* Remove l from the table, keeping its files. */
+void
+detach_keep_files (struct layer *l)
+{
+  l->detached = true;
+  unref (l);
+}
+
 /* A new empty layer on top of parent, with its empty map on disk. */
 struct layer *
 new_layer (struct layer *parent, char *why, size_t whylen)
 {
-  struct layer *l = layer_open (S.dirfd, S.next_id, &S.g, true, why, whylen);
+  struct layer *l;
+  int e;
 
-  if (l == NULL)
+  if (failure_is_set (&S.fail)) {
+    snprintf (why, whylen, "the store is in the failed state: %s",
+              S.fail.why);
+    errno = EIO;
     return NULL;
-  if (layer_save (S.dirfd, l, &S.g, true) == -1) {
-    snprintf (why, whylen, "cannot write layer map: %s", strerror (errno));
-    goto err;
   }
+  l = layer_open (S.dirfd, S.next_id, &S.g, true, why, whylen);
+  if (l == NULL)
+    return NULL;                /* errno from layer_open */
   if (alloc_slot (l) == -1) {
     snprintf (why, whylen, "too many layers (at most %d)", MAX_SLOTS - 1);
+    errno = ENOSPC;
+    goto err;
+  }
+  if (save_layer (l, true, "writing the map of a new layer") == -1) {
+    snprintf (why, whylen, "cannot write the map of a new layer: %s",
+              strerror (errno));
+    S.slots[l->slot] = NULL;
     goto err;
   }
   S.next_id++;
   l->parent = parent;
   return l;
  err:
+  e = errno;
   layer_unlink (S.dirfd, l->id);
   layer_free (l);
+  errno = e;
   return NULL;
 }
 

@@ -162,3 +162,17 @@ store_live_close (bool writable)
   if (S.live_conns == 0 && S.revert_on_close[0] && !S.stopping)
     revert_on_close ();
 }
+
+/* A live connection opens exportname: it must be the disk we keep. */
+int
+store_live_bind (const char *exportname)
+{
+  return disk_name_bind (&S.disk, exportname, "snapshot");
+}
+
+/* The export views read. */
+const char *
+store_disk_name (void)
+{
+  return disk_name_get (&S.disk, "snapshot");
+}
