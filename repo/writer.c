@@ -252,8 +252,15 @@ writer_store (struct repo_writer *w, uint64_t off, const void *buf,
     errno = EIO;
     return -1;
   }
-  if (fd == w->datafd)
-    writeback_after_write (fd, off, len);
+  /* Writeback errors are write errors: the commit's fsync would not
+   * see them again (writeback.h).
+   */
+  if (fd == w->datafd && writeback_after_write (fd, off, len) == -1) {
+    writer_fail (w, "cannot write back %s/points/%s/data: %s", w->r->dir,
+                 w->tmpname, strerror (errno));
+    errno = EIO;
+    return -1;
+  }
   return 0;
 }
 

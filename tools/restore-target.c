@@ -62,9 +62,14 @@ write_data (struct restore *R, struct nbd_handle *h, const void *buf,
     }
   }
   /* Write back as we go and keep the page cache small (as nbdcopy
-   * does): the final fsync has little left to do.
+   * does): the final fsync has little left to do.  A writeback error is
+   * a write error: the final fsync would not report it again.
    */
-  writeback_after_write (R->fd, off, len);
+  if (writeback_after_write (R->fd, off, len) == -1) {
+    restore_fail (R, "writing %s (writeback of the range before offset %"
+                  PRIu64 "): %s", R->target, off, strerror (errno));
+    return -1;
+  }
   return 0;
 }
 
