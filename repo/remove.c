@@ -128,7 +128,11 @@ dependents (struct repo *r, const char *point, char *out, size_t outlen)
   if (manifest_all (r, &all, &n, true, NULL, 0) == -1)
     return -1;
   for (i = 0; i < n; ++i) {
-    if (all[i].full || strcmp (all[i].parent, point) != 0)
+    /* A point naming itself as its parent is damaged, not its own
+     * child: it can be deleted.
+     */
+    if (all[i].full || strcmp (all[i].parent, point) != 0 ||
+        strcmp (all[i].name, point) == 0)
       continue;
     if (l < outlen)
       l += snprintf (out + l, outlen - l, "%s%s", count ? ", " : "",
