@@ -87,6 +87,7 @@ writer_free (struct repo_writer *w)
   if (w->directfd >= 0) close (w->directfd);
   if (w->spillfd >= 0) close (w->spillfd);
   if (w->dirfd >= 0) close (w->dirfd);
+  if (w->parentfd >= 0) close (w->parentfd);    /* the hold goes */
   if (w->tmpname[0])
     remove_flat_dir (w->r->pointsfd, w->tmpname);
   pool_destroy (&w->pool);
@@ -111,7 +112,7 @@ writer_start (struct repo *r, const struct manifest *m, char *err,
   w->r = r;
   w->m = *m;
   w->m.block_size = r->block_size;
-  w->dirfd = w->datafd = w->spillfd = w->directfd = -1;
+  w->dirfd = w->datafd = w->spillfd = w->directfd = w->parentfd = -1;
   geom_init (&w->g, m->disk_size, r->block_size);
   pthread_mutex_init (&w->lock, NULL);
   pool_init (&w->pool, r->block_size);
@@ -167,7 +168,9 @@ repo_writer_begin (struct repo *r, const char *name, const char *parent,
                    char *err, size_t errlen)
 {
   struct manifest m, pm;
+  struct repo_writer *w;
   char why[128];
+  int parentfd = -1;
 
   memset (&m, 0, sizeof m);
   if (!repo_name_valid (name, why, sizeof why)) {
@@ -192,6 +195,13 @@ repo_writer_begin (struct repo *r, const char *name, const char *parent,
     return NULL;
   }
   if (parent) {
+    /* Under the points/ lock: the parent exists now, and is held from
+     * now on, so that no delete or merge removes it under this backup.
+     */
+    POINTS_LOCKED struct repo *locked = points_lock (r, err, errlen);
+
+    if (locked == NULL)
+      return NULL;
     if (manifest_read (r, parent, &pm, err, errlen) == -1)
       return NULL;
     if (pm.block_size != r->block_size) {
@@ -201,6 +211,8 @@ repo_writer_begin (struct repo *r, const char *name, const char *parent,
       errno = EINVAL;
       return NULL;
     }
+    if (point_hold (r, parent, &parentfd, err, errlen) == -1)
+      return NULL;
     strcpy (m.parent, parent);
   }
   strcpy (m.name, name);
@@ -212,7 +224,14 @@ repo_writer_begin (struct repo *r, const char *name, const char *parent,
   m.disk_size = disk_size;
   m.compressed = compress;
   m.created = time (NULL);
-  return writer_start (r, &m, err, errlen);
+  w = writer_start (r, &m, err, errlen);
+  if (w == NULL) {
+    if (parentfd >= 0)
+      close (parentfd);
+    return NULL;
+  }
+  w->parentfd = parentfd;
+  return w;
 }
 
 /* Write len stored bytes from buf at off of the data file (see above).

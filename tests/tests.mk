@@ -27,11 +27,15 @@ TESTS = \
 	tests/test-freeze-revert.sh \
 	tests/test-freeze-scratch.sh \
 	tests/test-freeze-t1t4.sh \
+	tests/test-nbdsnap-concurrent.sh \
+	tests/test-nbdsnap-crafted.sh \
 	tests/test-nbdsnap-damage.sh \
 	tests/test-nbdsnap-e2e.sh \
 	tests/test-nbdsnap-errors.sh \
 	tests/test-nbdsnap-json.sh \
 	tests/test-nbdsnap-manage.sh \
+	tests/test-nbdsnap-restore-blockdev.sh \
+	tests/test-nbdsnap-sync.sh \
 	tests/test-nbdsnap-uri.sh \
 	tests/test-snapshot-badnames.sh \
 	tests/test-snapshot-badparams.sh \

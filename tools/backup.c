@@ -237,8 +237,9 @@ do_backup (struct backup *b)
   r = repo_writer_commit (b->w, err, sizeof err);
   verbose ("committed at %.2fs", now_seconds () - t0);
   b->w = NULL;
-  if (r == -1) {
+  if (r < 0) {
     backup_fail (b, "%s", err);
+    b->point_left = r == -2;
     goto failed;
   }
   b->checkpoint = false;        /* kept: the next incremental's base */
@@ -247,6 +248,8 @@ do_backup (struct backup *b)
 
  failed:
   cleanup (b);
+  if (b->point_left)            /* the error says what is in place */
+    return fail (EXIT_FAILED, "backup '%s' failed: %s", b->name, b->err);
   return fail (EXIT_FAILED, "backup '%s' failed: %s; the repository is "
                "unchanged", b->name, b->err);
 }

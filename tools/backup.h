@@ -46,6 +46,8 @@ struct backup {
   bool need_init;               /* create the repository once the
                                  * server has answered */
   bool made_repo;               /* this run created the repository */
+  bool point_left;              /* the commit failed after the point was
+                                 * put in place (not durable) */
   bool dir_was_missing;         /* ... and its directory */
   uint32_t init_bs;
   char view[256];               /* the export read */

@@ -154,10 +154,19 @@ cmd_verify (int argc, char **argv)
   if (cleaned > 0)
     msg ("removed %d leftover temporary point(s) of interrupted backups",
          cleaned);
+  else if (cleaned < 0)
+    msg ("%s", err);            /* counted as a problem below */
   if (opt_json)
     printf ("{\"problems_found\":[");
   problems = repo_verify (r, n == 2 ? pos[1] : NULL, verify_report, &o);
   repo_close (r);
+  if (cleaned < 0 && problems >= 0) {
+    if (opt_json) {             /* one more entry of problems_found */
+      printf ("%s", o.lines ? "," : "");
+      json_str (stdout, err);
+    }
+    problems++;
+  }
   if (opt_json) {
     printf ("],\"ok\":%s,\"problems\":%d}\n",
             problems == 0 ? "true" : "false", problems < 0 ? -1 : problems);
