@@ -241,11 +241,19 @@ repo_init (const char *dir, uint32_t block_size, char *err, size_t errlen)
    */
   {
     int saved = errno;
-    if (!has_points)
-      unlinkat (fd, "points", AT_REMOVEDIR);
+    bool left = false;
+    if (!has_points && unlinkat (fd, "points", AT_REMOVEDIR) == -1)
+      left = true;
     close (fd);
-    if (made_dir)
-      rmdir (dir);
+    if (made_dir && !left && rmdir (dir) == -1)
+      left = true;
+    if (left) {
+      size_t l = err ? strlen (err) : 0;
+      if (err && l < errlen)
+        snprintf (err + l, errlen - l, "; cannot remove what init made "
+                  "(%m): an interrupted init is left in %s, which 'nbdsnap "
+                  "init' takes over", dir);
+    }
     errno = saved;
   }
   return -1;
@@ -407,6 +415,7 @@ repo_remove_empty (struct repo *r, bool remove_dir, char *err, size_t errlen)
   DIR *d;
   struct dirent *de;
   bool empty = true;
+  char first[256] = "";
 
   if (locked == NULL)
     return -1;
@@ -416,11 +425,18 @@ repo_remove_empty (struct repo *r, bool remove_dir, char *err, size_t errlen)
     return -1;
   }
   while ((de = readdir (d)) != NULL)
-    if (strcmp (de->d_name, ".") && strcmp (de->d_name, ".."))
+    if (strcmp (de->d_name, ".") && strcmp (de->d_name, "..")) {
+      if (empty || first[0] == '.')
+        snprintf (first, sizeof first, "%s", de->d_name);
       empty = false;
+    }
   closedir (d);
   if (!empty) {
-    seterr (err, errlen, "%s holds restore points", r->dir);
+    if (first[0] == '.')
+      seterr (err, errlen, "%s is not empty: %s/points/%s is left (the "
+              "next backup or verify removes it)", r->dir, r->dir, first);
+    else
+      seterr (err, errlen, "%s holds restore points", r->dir);
     errno = ENOTEMPTY;
     return -1;
   }

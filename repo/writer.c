@@ -152,6 +152,8 @@ writer_start (struct repo *r, const struct manifest *m, char *err,
    * systems without O_DIRECT refuse it here or on the first write.
    */
   w->directfd = openat (w->dirfd, "data", O_WRONLY|O_DIRECT|O_CLOEXEC);
+  if (w->directfd == -1 && errno != EINVAL && errno != EOPNOTSUPP)
+    goto ioerr;                 /* not "unsupported": an error */
   return w;
 
  ioerr:
@@ -344,8 +346,14 @@ writer_reserve (struct repo_writer *w, const struct rec *recs, size_t n,
     uint64_t to = (w->data_end + PREALLOC) / PREALLOC * PREALLOC;
     if (fallocate (w->datafd, 0, w->alloc_end, to - w->alloc_end) == 0)
       w->alloc_end = to;
-    else
-      w->no_alloc = true;
+    else if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)
+      w->no_alloc = true;       /* not supported: write without */
+    else {
+      /* ENOSPC, EIO...: the writes would fail too, or worse. */
+      writer_fail_locked (w, "cannot allocate space in %s/points/%s/data: "
+                          "%m", w->r->dir, w->tmpname);
+      return -1;
+    }
   }
   *off = off0;
   *total = sum;
