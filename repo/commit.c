@@ -284,11 +284,9 @@ repo_writer_commit (struct repo_writer *w, char *err, size_t errlen)
         goto fail;
       }
     }
-    w->m.sequence = next_sequence (r);
+    w->m.sequence = next_sequence (r, buf, sizeof buf);
     if (w->m.sequence == 0) {
-      seterr (err, errlen, "cannot number point %s: a manifest in %s has "
-              "the largest sequence number possible (damaged?); run "
-              "'nbdsnap verify %s'", w->m.name, r->dir, r->dir);
+      seterr (err, errlen, "cannot number point %s: %s", w->m.name, buf);
       goto fail;
     }
   }

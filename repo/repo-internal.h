@@ -144,15 +144,21 @@ int manifest_read (struct repo *r, const char *dirname, struct manifest *m,
   __attribute__ ((nonnull (1, 2, 3)));
 
 /* Every manifest under points/ (names not starting with '.') into a
- * malloc'd array, unsorted.  Damaged ones are skipped when skip_bad,
- * else the first one is an error.
+ * malloc'd array, unsorted.  Damaged ones (and directories with invalid
+ * names) are skipped when skip_bad, else the first one is an error; a
+ * manifest that cannot be read (out of memory, I/O error) is always an
+ * error.
  */
 int manifest_all (struct repo *r, struct manifest **out, size_t *n,
                   bool skip_bad, char *err, size_t errlen)
   __attribute__ ((nonnull (1, 2, 3)));
 
-/* 1 + the largest sequence number of the points (1 if none). */
-uint64_t next_sequence (struct repo *r) __attribute__ ((nonnull (1)));
+/* 1 + the largest sequence number of the points (1 if none); 0 with
+ * err set if a manifest cannot be read (damaged ones are skipped) or
+ * there is no next number.
+ */
+uint64_t next_sequence (struct repo *r, char *err, size_t errlen)
+  __attribute__ ((nonnull (1)));
 
 /* ------------------------------------------------------------ pool.c */
 

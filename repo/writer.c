@@ -72,6 +72,14 @@ writer_fail (struct repo_writer *w, const char *fmt, ...)
   va_end (ap);
 }
 
+uint64_t
+repo_writer_stored_bytes (struct repo_writer *w)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&w->lock);
+
+  return w->data_end - DATA_HDR;
+}
+
 const char *
 repo_writer_error (struct repo_writer *w)
 {

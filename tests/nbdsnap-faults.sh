@@ -9,7 +9,9 @@
 # once with the shim counting the calls CALLS (comma list; "malloc" with
 # OBJ, the object whose allocations fail) on paths under PATH: K calls,
 # and it must succeed.  Then for each fault point n (1..K, or a spread of
-# them if K > FAULT_POINTS (default 40) and CHECK_LONG is not 1), RESET,
+# them if K > FAULT_POINTS (default 40) and CHECK_LONG is not 1: every
+# call that is not a data write, the first and last few, and a spread of
+# the data writes), RESET,
 # then RUN with the n-th call failing (EIO; ENOMEM for allocations):
 #
 #   - if the fault hit (the shim logged FAILED): the tool exits 1..127
@@ -32,21 +34,23 @@ IO=pwrite,write,fsync,fdatasync,sync_file_range,rename,open,ftruncate,fallocate,
 FI_RUN=_fi_run
 _fi_run () { LD_PRELOAD=$FAULTINJECT "$@"; }
 
-# The fault points to try out of K: all of them, or FAULT_POINTS spread
-# evenly with the first and last few always in (the start and the
-# commit of an operation are where the interesting calls are).
+# The fault points to try out of K (LOG: the counting run): all of them,
+# or every call that is not a data write (pwrite, write: the many calls
+# of one site) plus the first and last few and an even spread of the
+# data writes, FAULT_POINTS in all at least.
 _fault_points ()
 {
-    local k=$1 max=$FAULT_POINTS i
+    local k=$1 log=$2 max=$FAULT_POINTS i
     if [ "${CHECK_LONG:-0}" = 1 ] || [ "$k" -le "$max" ]; then
         seq 1 "$k"
         return
     fi
     {
-        seq 1 10
-        seq $((k - 14)) "$k"
-        for ((i = 0; i < max - 25; i++)); do
-            echo $((11 + i * (k - 25) / (max - 25)))
+        awk '$2 != "pwrite" && $2 != "write" { print $1 }' "$log"
+        seq 1 5
+        seq $((k - 4)) "$k"
+        for ((i = 0; i < max - 10; i++)); do
+            echo $((6 + i * (k - 10) / (max - 10)))
         done
     } | sort -n | uniq
 }
@@ -67,7 +71,8 @@ sweep ()
     }
     k=$(wc -l < "$log")
     [ "$k" -gt 0 ] || fail "$label: the shim saw no call (CALLS=$calls PATH=$path)"
-    for n in $(_fault_points "$k"); do
+    cp "$log" "$tmpdir/fi-count.log"
+    for n in $(_fault_points "$k" "$tmpdir/fi-count.log"); do
         $reset
         rm -f "$log"
         rc=0
@@ -76,7 +81,7 @@ sweep ()
         hit=0
         if grep -q ' FAILED$' "$log"; then hit=1; hits=$((hits + 1)); fi
         local what
-        what=$(grep ' FAILED$' "$log" | head -1 | cut -d' ' -f2-3)
+        what=$(grep ' FAILED$' "$log" | head -1 | cut -d' ' -f2-3 || true)
         if [ "$hit" = 1 ]; then
             if [ "$rc" -eq 0 ] || [ "$rc" -ge 128 ] ||
                [ -s "$tmpdir/sweep.out" ] || [ ! -s "$tmpdir/sweep.err" ]; then

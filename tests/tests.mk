@@ -32,7 +32,10 @@ TESTS = \
 	tests/test-nbdsnap-damage.sh \
 	tests/test-nbdsnap-e2e.sh \
 	tests/test-nbdsnap-errors.sh \
+	tests/test-nbdsnap-faults-alloc.sh \
 	tests/test-nbdsnap-faults-backup.sh \
+	tests/test-nbdsnap-faults-repo.sh \
+	tests/test-nbdsnap-faults-restore.sh \
 	tests/test-nbdsnap-json.sh \
 	tests/test-nbdsnap-manage.sh \
 	tests/test-nbdsnap-restore-blockdev.sh \

@@ -42,6 +42,9 @@ struct backup {
   uint32_t bs;
   uint64_t size;
   bool begun;                   /* the frozen point is held */
+  bool end_lost;                /* @freeze:end ran, its result lost */
+  bool frozen_before;           /* a frozen point of that name was there
+                                 * before the backup began (not ours) */
   bool checkpoint;              /* ... with checkpoint name, ours */
   bool need_init;               /* create the repository once the
                                  * server has answered */
@@ -62,6 +65,7 @@ struct backup {
 
   /* results */
   uint64_t data_blocks, zero_blocks, bytes_read;  /* atomic */
+  uint64_t stored;              /* bytes stored in the point */
   pthread_mutex_t lock;
   bool failed;
   char err[ERRLEN];

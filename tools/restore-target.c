@@ -249,26 +249,34 @@ finish_target (struct restore *R)
     char *d;
     int dfd, e = 0;
 
-    if (rename (R->tmpname, R->target) == -1)
-      return fail (EXIT_FAILED, "restore of '%s' failed: rename %s to %s: "
-                   "%s; the target is unchanged", R->point, R->tmpname,
-                   R->target, strerror (errno));
-    free (R->tmpname);
-    R->tmpname = NULL;
-    /* The new file is in place (the old one is gone): if its directory
-     * entry cannot be made durable, say so; nothing can be undone.
+    /* Everything the directory fsync needs comes before the rename:
+     * afterwards nothing can be undone.
      */
     d = strdup (R->target);
     if (d == NULL)
-      e = ENOMEM;
-    else {
-      dfd = open (dirname (d), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (dfd == -1 || fsync (dfd) == -1)
-        e = errno;
-      if (dfd >= 0)
-        close (dfd);
-      free (d);
+      return fail (EXIT_FAILED, "restore of '%s' failed: out of memory; "
+                   "the target is unchanged", R->point);
+    dfd = open (dirname (d), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    e = errno;
+    free (d);
+    if (dfd == -1)
+      return fail (EXIT_FAILED, "restore of '%s' failed: cannot open the "
+                   "directory of %s: %s; the target is unchanged", R->point,
+                   R->target, strerror (e));
+    if (rename (R->tmpname, R->target) == -1) {
+      e = errno;
+      close (dfd);
+      return fail (EXIT_FAILED, "restore of '%s' failed: rename %s to %s: "
+                   "%s; the target is unchanged", R->point, R->tmpname,
+                   R->target, strerror (e));
     }
+    free (R->tmpname);
+    R->tmpname = NULL;
+    /* The new file is in place (the old one is gone): if its directory
+     * entry cannot be made durable, say so.
+     */
+    e = fsync (dfd) == -1 ? errno : 0;
+    close (dfd);
     if (e)
       return fail (EXIT_FAILED, "restore of '%s': %s is in place, but its "
                    "directory could not be synced (%s): it may not survive "
