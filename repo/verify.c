@@ -5,10 +5,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "repo-internal.h"
 
@@ -59,13 +61,34 @@ verify_point (struct repo *r, const char *name, struct vctx *v)
   struct pool pool;
   uint64_t i;
 
+  int tries, dirfd, there;
+
   if (v->stopped)
     return;
-  if (member_load (r, name, &mb, err, sizeof err) == -1) {
+  /* Verify takes no lock: a point deleted, or replaced by a merge,
+   * while it is loaded is no damage.  Load it again if its directory
+   * changed meanwhile; skip it if it is gone.
+   */
+  for (tries = 0; ; ++tries) {
+    dirfd = openat (r->pointsfd, name, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+    if (dirfd == -1 && errno == ENOENT)
+      return;                   /* deleted since it was listed */
+    if (member_load (r, name, &mb, err, sizeof err) == 0)
+      break;
+    there = dirfd >= 0 ? point_still_there (r, name, dirfd) : 1;
+    if (dirfd >= 0)
+      close (dirfd);
+    if (there == 0 && tries < 3)
+      continue;
+    if (there == 0 && faccessat (r->pointsfd, name, F_OK,
+                                 AT_SYMLINK_NOFOLLOW) == -1)
+      return;
     if (!cannot_check (v, err))
       vreport (v, "%s", err);
     return;
   }
+  if (dirfd >= 0)
+    close (dirfd);
   pool_init (&pool, r->block_size);
   s = pool_get (&pool);
   if (s == NULL) {

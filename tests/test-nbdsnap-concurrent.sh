@@ -7,8 +7,10 @@
 # other points go ahead.  verify during a backup passes and leaves its
 # temporary directory alone.  If something that ignores the hold removes
 # the parent anyway (here: mv), the commit refuses, the backup exits 1 and
-# deletes the checkpoint it made.  After each case the repository
-# verifies and every point restores to the disk it was taken from (cmp).
+# deletes the checkpoint it made.  verify (slowed down) while a merge
+# replaces a point and a delete removes one reports no damage.  After
+# each case the repository verifies and every point restores to the disk
+# it was taken from (cmp).
 #
 # The backups are slowed down by nbdkit's delay filter below the stack
 # (every read of the disk sleeps), so that they are surely still running.
@@ -144,6 +146,25 @@ grep -q "backup 'I6' failed" "$tmpdir/I6.out" || fail "no failure message"
     fail "the failed backup left its checkpoint: $(checkpoints "$U")"
 mv "$tmpdir/I5.away" "$repo/points/I5"
 [ "$(points "$repo")" = "I1 I2 I3 I4 I5" ] || fail "points: $(points "$repo")"
+all_good
+
+echo "== verify (slowed down) vs merge and delete"
+# verify takes no lock: a point replaced by a merge or removed by a
+# delete while verify loads it must not be reported as damaged.  Each
+# close of verify sleeps (the fault shim's FI_DELAY, no fault), which
+# holds it between reading a manifest and opening the index.
+for round in 1 2 3; do
+    cp -a "$repo" "$tmpdir/repo.before"
+    LD_PRELOAD=$FAULTINJECT FI_CALLS=close FI_DELAY=40 \
+        "$N" verify "$repo" > "$tmpdir/v.out" 2>&1 &
+    vpid=$!
+    sleep 0.$((round * 2))
+    "$N" merge "$repo" I4 > /dev/null
+    "$N" delete "$repo" I5 > /dev/null
+    st=0; wait "$vpid" || st=$?
+    [ "$st" = 0 ] || { cat "$tmpdir/v.out"; fail "verify during merge/delete: exit $st"; }
+    rm -rf "$repo"; mv "$tmpdir/repo.before" "$repo"
+done
 all_good
 
 echo "$testname: OK"
