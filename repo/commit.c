@@ -164,20 +164,21 @@ undo_rename (struct repo_writer *w, int e, char *err, size_t errlen)
   else
     ok = renameat2 (r->pointsfd, tmp, r->pointsfd, w->m.name,
                     RENAME_EXCHANGE) == 0;
+  /* Either way, what is under the temporary name now (the new point,
+   * or for a merge that was not undone the old one) is left to the
+   * cleanup of a later run: removing its files now could reach the disk
+   * before the renames, and leave a point without files after a crash.
+   */
+  w->tmpname[0] = '\0';
   if (ok) {
-    snprintf (w->tmpname, sizeof w->tmpname, "%s", tmp); /* removed */
     seterr (err, errlen, "cannot sync %s/points after putting point %s in "
-            "place: %s; the %s was undone (after a crash the new point may "
-            "still appear, complete)", r->dir, w->m.name, strerror (e),
-            w->merge ? "merge" : "commit");
+            "place: %s; the %s was undone (%s/points/%s is removed by the "
+            "next backup or verify; after a crash the new point may still "
+            "appear, complete)", r->dir, w->m.name, strerror (e),
+            w->merge ? "merge" : "commit", r->dir, tmp);
     errno = e;
     return -1;
   }
-  /* Leave whatever is under the temporary name (a merge: the old point)
-   * to the cleanup of a later run: removing it now could reach the disk
-   * before the rename that replaced it.
-   */
-  w->tmpname[0] = '\0';
   seterr (err, errlen, "point %s is in %s/points, but that directory "
           "cannot be synced (%s): the point may not survive a crash, and "
           "it could not be taken out again (%s); check the disk, then run "
@@ -326,7 +327,7 @@ repo_writer_commit (struct repo_writer *w, char *err, size_t errlen)
   /* The point is in place; it exists for good once points/ is synced. */
   if (fsync_dirfd (r->pointsfd) == -1) {
     ret = undo_rename (w, errno, err, errlen);
-    writer_free (w);            /* removes what was undone */
+    writer_free (w);
     return ret;
   }
   /* Merge: the old point, now under the temporary name, goes. */

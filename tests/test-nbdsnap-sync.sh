@@ -107,6 +107,10 @@ good=$(dirsum "$repo")
 FI_CALLS=fsync FI_PATH=$repo \
     expect_exit 1 "backup 'B' failed: cannot sync .*points after putting point B in place: Input/output error; the commit was undone.*; the repository is unchanged" \
     inject "$n" 1 "$N" backup "$U" "$repo" --name B --no-progress
+# The undone point is left as a temporary directory (removing its files
+# could reach the disk before the renames): the next verify removes it.
+compgen -G "$repo/points/.tmp-B-*" > /dev/null || fail "the undone point is not left for the cleanup"
+"$N" verify "$repo" > /dev/null || fail "verify failed"
 unchanged
 restore_all "$repo"
 
