@@ -91,8 +91,11 @@ writer_write_index (struct repo_writer *w)
   outlen += SHA256_LEN;
   if (write_full (fd, out, outlen) == -1 || fsync (fd) == -1)
     goto err;
+  ret = close_written (fd);
+  fd = -1;
+  if (ret == -1)
+    goto err;
   w->m.blocks = count;
-  ret = 0;
  err:
   if (ret == -1 && errno == 0)
     errno = ENOMEM;
@@ -128,6 +131,105 @@ write_file_at (int dirfd, const char *name, const void *buf, size_t len)
   return close_written (fd);
 }
 
+/* Close one of w's data descriptors after the data was synced: close
+ * can report a write error nothing else did.  -1 and errno.
+ */
+static int
+close_data (int *fd)
+{
+  int f = *fd;
+
+  *fd = -1;
+  return f >= 0 ? close_written (f) : 0;
+}
+
+/* The point is renamed into place (or, for a merge, exchanged with the
+ * old one, which is now under w->tmpname), but points/ could not be
+ * synced (errno e): take it out again, so that the operation fails as a
+ * whole.  Returns -1 (undone: the repository is as before, although
+ * after a crash the complete new point may still appear) or -2 (not
+ * undone: the new point is in place but may not survive a crash), with
+ * err set.
+ */
+static int
+undo_rename (struct repo_writer *w, int e, char *err, size_t errlen)
+{
+  struct repo *r = w->r;
+  char tmp[REPO_NAME_MAX + 32];
+  int ok;
+
+  snprintf (tmp, sizeof tmp, ".tmp-%s-%ld", w->m.name, (long) getpid ());
+  if (!w->merge)
+    ok = renameat (r->pointsfd, w->m.name, r->pointsfd, tmp) == 0;
+  else
+    ok = renameat2 (r->pointsfd, tmp, r->pointsfd, w->m.name,
+                    RENAME_EXCHANGE) == 0;
+  /* Either way, what is under the temporary name now (the new point,
+   * or for a merge that was not undone the old one) is left to the
+   * cleanup of a later run: removing its files now could reach the disk
+   * before the renames, and leave a point without files after a crash.
+   */
+  w->tmpname[0] = '\0';
+  if (ok) {
+    seterr (err, errlen, "cannot sync %s/points after putting point %s in "
+            "place: %s; the %s was undone (%s/points/%s is removed by the "
+            "next backup or verify; after a crash the new point may still "
+            "appear, complete)", r->dir, w->m.name, strerror (e),
+            w->merge ? "merge" : "commit", r->dir, tmp);
+    errno = e;
+    return -1;
+  }
+  seterr (err, errlen, "point %s is in %s/points, but that directory "
+          "cannot be synced (%s): the point may not survive a crash, and "
+          "it could not be taken out again (%s); check the disk, then run "
+          "'nbdsnap verify %s'", w->m.name, r->dir, strerror (e),
+          strerror (errno), r->dir);
+  errno = e;
+  return -2;
+}
+
+/* Exchange the merged point (under w->tmpname) with the point it
+ * replaces; the old one ends up under w->tmpname.  -1 and errno (the
+ * old point is in place).
+ */
+static int
+exchange_merged (struct repo_writer *w)
+{
+  struct repo *r = w->r;
+  char old[REPO_NAME_MAX + 32];
+  int saved;
+
+  if (renameat2 (r->pointsfd, w->tmpname, r->pointsfd, w->m.name,
+                 RENAME_EXCHANGE) == 0)
+    return 0;
+  if (errno != EINVAL && errno != ENOSYS)
+    return -1;
+  /* No RENAME_EXCHANGE: a crash between these two renames leaves
+   * .old-NAME-PID, which repo_clean_tmp renames back.  Done in three
+   * steps, the old point ends up under the temporary name like an
+   * exchange leaves it.
+   */
+  snprintf (old, sizeof old, ".old-%s-%ld", w->m.name, (long) getpid ());
+  if (renameat (r->pointsfd, w->m.name, r->pointsfd, old) == -1)
+    return -1;
+  if (renameat (r->pointsfd, w->tmpname, r->pointsfd, w->m.name) == -1)
+    goto back;
+  if (renameat (r->pointsfd, old, r->pointsfd, w->tmpname) == -1) {
+    /* The merged point is in place; the old one stays .old-NAME-PID,
+     * which the cleanup removes (NAME exists).
+     */
+    w->tmpname[0] = '\0';
+  }
+  return 0;
+
+ back:
+  saved = errno;
+  if (renameat (r->pointsfd, old, r->pointsfd, w->m.name) == -1)
+    w->tmpname[0] = '\0';       /* leave both to the cleanup */
+  errno = saved;
+  return -1;
+}
+
 int
 repo_writer_commit (struct repo_writer *w, char *err, size_t errlen)
 {
@@ -136,6 +238,7 @@ repo_writer_commit (struct repo_writer *w, char *err, size_t errlen)
   char buf[MANIFEST_MAX];
   ssize_t len;
   const char *step;
+  int ret;
 
   if (w->failed) {
     seterr (err, errlen, "%s", w->err);
@@ -145,14 +248,19 @@ repo_writer_commit (struct repo_writer *w, char *err, size_t errlen)
   step = "write the index";
   if (writer_write_index (w) == -1)
     goto ioerr;
-  close (w->spillfd);
+  close (w->spillfd);           /* read back already; removed now */
   w->spillfd = -1;
-  unlinkat (w->dirfd, "index.unsorted", 0);
+  step = "remove index.unsorted";
+  if (unlinkat (w->dirfd, "index.unsorted", 0) == -1)
+    goto ioerr;
   step = "cut the data file to its size";
   if (w->alloc_end > w->data_end && ftruncate (w->datafd, w->data_end) == -1)
     goto ioerr;
   step = "sync the data";
   if (fsync (w->datafd) == -1)
+    goto ioerr;
+  step = "close the data file";
+  if (close_data (&w->directfd) == -1 || close_data (&w->datafd) == -1)
     goto ioerr;
   w->m.data_size = w->data_end;
 
@@ -160,7 +268,28 @@ repo_writer_commit (struct repo_writer *w, char *err, size_t errlen)
   if (!w->merge) {
     if ((locked = points_lock (r, err, errlen)) == NULL)
       goto fail;
-    w->m.sequence = next_sequence (r);
+    /* The last line of the parent's hold: a program that ignored it
+     * (not nbdsnap) may have removed or replaced the parent.
+     */
+    if (w->parentfd >= 0) {
+      int there = point_still_there (r, w->m.parent, w->parentfd);
+      if (there != 1) {
+        if (there == -1)
+          seterr (err, errlen, "cannot check the parent point %s of point "
+                  "%s in %s: %m", w->m.parent, w->m.name, r->dir);
+        else
+          seterr (err, errlen, "the parent point %s of point %s was removed "
+                  "or replaced in %s while the backup ran (by something "
+                  "that ignored its hold): the point cannot be committed",
+                  w->m.parent, w->m.name, r->dir);
+        goto fail;
+      }
+    }
+    w->m.sequence = next_sequence (r, buf, sizeof buf);
+    if (w->m.sequence == 0) {
+      seterr (err, errlen, "cannot number point %s: %s", w->m.name, buf);
+      goto fail;
+    }
   }
   step = "write the manifest";
   len = manifest_format (&w->m, buf);
@@ -192,35 +321,27 @@ repo_writer_commit (struct repo_writer *w, char *err, size_t errlen)
     }
     w->tmpname[0] = '\0';         /* nothing to remove any more */
   }
-  else {
-    /* Merge: swap the new combined point with the old one atomically;
-     * the old one is then under the temp name and removed below.
-     */
-    if (renameat2 (r->pointsfd, w->tmpname, r->pointsfd, w->m.name,
-                   RENAME_EXCHANGE) == -1) {
-      char old[REPO_NAME_MAX + 32];
-      if (errno != EINVAL && errno != ENOSYS)
-        goto ioerr;
-      /* No RENAME_EXCHANGE: a crash between these two renames leaves
-       * .old-NAME-PID, which repo_clean_tmp renames back.
-       */
-      snprintf (old, sizeof old, ".old-%s-%ld", w->m.name, (long) getpid ());
-      if (renameat (r->pointsfd, w->m.name, r->pointsfd, old) == -1)
-        goto ioerr;
-      if (renameat (r->pointsfd, w->tmpname, r->pointsfd, w->m.name) == -1) {
-        int saved = errno;
-        renameat (r->pointsfd, old, r->pointsfd, w->m.name);
-        errno = saved;
-        goto ioerr;
-      }
-      fsync (r->pointsfd);
-      remove_flat_dir (r->pointsfd, old);
-      w->tmpname[0] = '\0';
-    }
+  else if (exchange_merged (w) == -1)
+    goto ioerr;
+
+  /* The point is in place; it exists for good once points/ is synced. */
+  if (fsync_dirfd (r->pointsfd) == -1) {
+    ret = undo_rename (w, errno, err, errlen);
+    writer_free (w);
+    return ret;
   }
-  /* The point exists now, whatever this fsync says. */
-  (void) fsync (r->pointsfd);
-  writer_free (w);              /* merge: removes the old point */
+  /* Merge: the old point, now under the temporary name, goes. */
+  if (w->tmpname[0] && remove_flat_dir (r->pointsfd, w->tmpname) == -1) {
+    seterr (err, errlen, "point %s is merged, but the old copy in "
+            "%s/points/%s could not be removed (%m); the next backup or "
+            "verify removes it", w->m.name, r->dir, w->tmpname);
+    w->tmpname[0] = '\0';
+    writer_free (w);
+    errno = EIO;
+    return -2;
+  }
+  w->tmpname[0] = '\0';
+  writer_free (w);
   return 0;
 
  ioerr:

@@ -152,16 +152,25 @@ manifest_values (struct manifest *m, char *const v[M_NKEYS])
   return NULL;
 }
 
-int
-manifest_read (struct repo *r, const char *dirname, struct manifest *m,
-               char *err, size_t errlen)
+/* manifest_read; *damaged (if not NULL) tells a manifest that was read
+ * and is damaged, of another version or missing from its point (the
+ * point is unusable) from one that could not be read (out of memory, an
+ * I/O error: nothing is known about the point).
+ */
+static int
+manifest_load (struct repo *r, const char *dirname, struct manifest *m,
+               char *err, size_t errlen, bool *damaged)
 {
   char path[REPO_NAME_MAX + 32], *buf = NULL, *ver, *v[M_NKEYS], why[128];
   struct kv_reader kv;
   size_t len, i;
   uint64_t u;
   const char *bad = why;
+  bool dummy;
 
+  if (damaged == NULL)
+    damaged = &dummy;
+  *damaged = true;              /* the -1 returns that are not, say so */
   memset (m, 0, sizeof *m);
   snprintf (path, sizeof path, "%s/manifest", dirname);
   if (statefile_read (r->pointsfd, path, &buf, &len) == -1) {
@@ -178,8 +187,10 @@ manifest_read (struct repo *r, const char *dirname, struct manifest *m,
               r->dir, path);
       errno = EIO;
     }
-    else
+    else {
       seterr (err, errlen, "cannot read %s/points/%s: %m", r->dir, path);
+      *damaged = false;
+    }
     return -1;
   }
   if (len < sizeof POINT_MAGIC ||
@@ -221,6 +232,13 @@ manifest_read (struct repo *r, const char *dirname, struct manifest *m,
   free (buf);
   errno = EIO;
   return -1;
+}
+
+int
+manifest_read (struct repo *r, const char *dirname, struct manifest *m,
+               char *err, size_t errlen)
+{
+  return manifest_load (r, dirname, m, err, errlen, NULL);
 }
 
 /* The public description of the point of m. */
@@ -265,6 +283,7 @@ manifest_all (struct repo *r, struct manifest **out, size_t *n, bool skip_bad,
   struct dirent *de;
   struct manifest *a = NULL, *na;
   size_t cnt = 0, cap = 0;
+  bool damaged;
 
   d = points_opendir (r);
   if (d == NULL) {
@@ -290,8 +309,17 @@ manifest_all (struct repo *r, struct manifest **out, size_t *n, bool skip_bad,
               "name): move it out of the repository", r->dir, de->d_name);
       goto fail;
     }
-    if (manifest_read (r, de->d_name, &a[cnt], err, errlen) == -1) {
-      if (skip_bad)
+    if (manifest_load (r, de->d_name, &a[cnt], err, errlen, &damaged)
+        == -1) {
+      /* A point that vanished meanwhile (a concurrent delete) is no
+       * error; one that could not be read (out of memory, I/O) always
+       * is: skipping it would hide a child from delete or a sequence
+       * number from the next commit.
+       */
+      if (errno == ENOENT && faccessat (r->pointsfd, de->d_name, F_OK,
+                                        AT_SYMLINK_NOFOLLOW) == -1)
+        continue;
+      if (skip_bad && damaged)
         continue;
       goto fail;
     }
@@ -345,17 +373,23 @@ repo_list (struct repo *r, struct repo_point_info **out, size_t *n,
 }
 
 uint64_t
-next_sequence (struct repo *r)
+next_sequence (struct repo *r, char *err, size_t errlen)
 {
   struct manifest *a;
   size_t n, i;
   uint64_t max = 0;
 
-  if (manifest_all (r, &a, &n, true, NULL, 0) == -1)
-    return 1;
+  if (manifest_all (r, &a, &n, true, err, errlen) == -1)
+    return 0;
   for (i = 0; i < n; ++i)
     if (a[i].sequence > max)
       max = a[i].sequence;
   free (a);
+  if (max == UINT64_MAX) {
+    seterr (err, errlen, "a manifest in %s has the largest sequence number "
+            "possible (damaged?); run 'nbdsnap verify %s'", r->dir, r->dir);
+    errno = EOVERFLOW;
+    return 0;
+  }
   return max + 1;
 }

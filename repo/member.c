@@ -84,12 +84,25 @@ member_load_index (struct repo *r, const char *name, struct member *mb,
       close (fd);
     return -1;
   }
-  mb->idxlen = st.st_size;
-  if (mb->idxlen != INDEX_HDR + mb->m.blocks * ENTRY_SIZE + SHA256_LEN) {
+  /* Every number read from a file is checked before it is used in
+   * arithmetic: a count that makes the size wrap around would let the
+   * entry loop run past the mapping.  Entries are distinct blocks of
+   * the disk, so there are at most nblocks of them.
+   */
+  if (mb->m.blocks > mb->g.nblocks ||
+      mb->m.blocks > (SIZE_MAX - INDEX_HDR - SHA256_LEN) / ENTRY_SIZE) {
+    bad = "the manifest's block count is larger than the disk's";
+    close (fd);
+    goto bad;
+  }
+  if (st.st_size < 0 ||
+      (uint64_t) st.st_size != INDEX_HDR + mb->m.blocks * ENTRY_SIZE
+      + SHA256_LEN) {
     bad = "its size does not match the manifest's block count";
     close (fd);
     goto bad;
   }
+  mb->idxlen = st.st_size;
   mb->idx = mmap (NULL, mb->idxlen, PROT_READ, MAP_PRIVATE, fd, 0);
   close (fd);
   if (mb->idx == MAP_FAILED) {

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fileio.h"
 #include "repo-internal.h"
@@ -150,7 +151,7 @@ repo_merge (struct repo *r, const char *point, char *err, size_t errlen)
   struct scratch *s = NULL;
   char why[128], deps[512];
   bool p_loaded = false;
-  int ret = -1;
+  int ret = -1, cfd = -1, pfd = -1, ndeps;
 
   if (!repo_name_valid (point, why, sizeof why)) {
     seterr (err, errlen, "invalid restore point name '%s': %s", point, why);
@@ -164,6 +165,12 @@ repo_merge (struct repo *r, const char *point, char *err, size_t errlen)
     return -1;
   if (member_load (r, point, &c, err, errlen) == -1)
     return -1;
+  /* The child is replaced: a backup in progress on top of it would
+   * commit onto a point that is not the one it read.
+   */
+  if (point_claim (r, point, "merging would replace it", &cfd, err,
+                   errlen) == -1)
+    goto out;
   if (c.m.full) {
     seterr (err, errlen, "restore point %s is a full backup: there is no "
             "parent to merge it into", point);
@@ -176,6 +183,18 @@ repo_merge (struct repo *r, const char *point, char *err, size_t errlen)
     goto out;
   }
   p_loaded = true;
+  /* The parent is removed unless another point depends on it: then a
+   * backup in progress on top of it must not lose it either.
+   */
+  ndeps = dependents (r, p.m.name, deps, sizeof deps);
+  if (ndeps == -1) {
+    seterr (err, errlen, "cannot read %s/points: %m", r->dir);
+    goto out;
+  }
+  if (ndeps <= 1 &&
+      point_claim (r, p.m.name, "merging would remove it", &pfd, err,
+                   errlen) == -1)
+    goto out;
   /* A reader of the child resolves the cases where sizes cut blocks. */
   rd = repo_reader_open (r, point, err, errlen);
   if (rd == NULL)
@@ -196,17 +215,45 @@ repo_merge (struct repo *r, const char *point, char *err, size_t errlen)
   pool_put (&w->pool, s);
   s = NULL;
 
-  /* Commit swaps the combined point in for the child (and frees w). */
+  /* Commit swaps the combined point in for the child (and frees w).
+   * If that is not durable, the parent stays: it is a valid point in
+   * its own right, the old child may come back after a crash.
+   */
   ret = repo_writer_commit (w, err, errlen);
   w = NULL;
-  if (ret == -1)
+  if (ret < 0) {
+    if (ret == -2) {
+      size_t l = strlen (err);
+      snprintf (err + l, errlen - l, "; %s was kept", p.m.name);
+    }
+    ret = -1;
     goto out;
+  }
 
   /* The parent goes once nothing else depends on it. */
-  if (dependents (r, p.m.name, deps, sizeof deps) == 0)
-    remove_point (r, p.m.name);
+  ndeps = dependents (r, p.m.name, deps, sizeof deps);
+  if (ndeps == -1) {
+    seterr (err, errlen, "point %s is merged, but whether its old parent "
+            "%s is still needed cannot be told (cannot read %s/points: "
+            "%m); it was kept", point, p.m.name, r->dir);
+    ret = -1;
+  }
+  else if (ndeps == 0) {
+    char e2[512];
+    int rr = remove_point (r, p.m.name, e2, sizeof e2);
+    if (rr < 0) {
+      seterr (err, errlen, "point %s is merged (restoring it gives the same "
+              "disk), but removing its old parent %s failed: %s", point,
+              p.m.name, e2);
+      ret = -1;
+    }
+  }
 
  out:
+  if (cfd >= 0)
+    close (cfd);
+  if (pfd >= 0)
+    close (pfd);
   if (s)
     pool_put (&w->pool, s);
   if (w)

@@ -22,6 +22,7 @@ remove_flat_dir (int parentfd, const char *name)
   int fd = openat (parentfd, name, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
   DIR *d;
   struct dirent *de;
+  int first = 0;
 
   if (fd == -1)
     return errno == ENOENT ? 0 : -1;
@@ -30,15 +31,25 @@ remove_flat_dir (int parentfd, const char *name)
     close (fd);
     return -1;
   }
+  /* Go on after an error (remove what can be), report the first. */
   while ((de = readdir (d)) != NULL) {
     if (strcmp (de->d_name, ".") == 0 || strcmp (de->d_name, "..") == 0)
       continue;
-    if (unlinkat (fd, de->d_name, 0) == -1 && errno == EISDIR)
-      remove_flat_dir (fd, de->d_name);
+    if (unlinkat (fd, de->d_name, 0) == -1) {
+      if (errno == EISDIR) {
+        if (remove_flat_dir (fd, de->d_name) == -1 && first == 0)
+          first = errno;
+      }
+      else if (errno != ENOENT && first == 0)
+        first = errno;
+    }
   }
   closedir (d);
-  if (unlinkat (parentfd, name, AT_REMOVEDIR) == -1)
+  if (unlinkat (parentfd, name, AT_REMOVEDIR) == -1 || first) {
+    if (first)
+      errno = first;
     return -1;
+  }
   return 0;
 }
 
@@ -59,8 +70,8 @@ repo_clean_tmp (struct repo *r, char *err, size_t errlen)
   POINTS_LOCKED struct repo *locked = points_lock (r, err, errlen);
   DIR *d;
   struct dirent *de;
-  int count = 0;
-  char name[256];
+  int count = 0, first = 0;
+  char name[256], bad[256] = "";
 
   if (locked == NULL)
     return -1;
@@ -90,30 +101,77 @@ repo_clean_tmp (struct repo *r, char *err, size_t errlen)
       char point[256];
       size_t l = dash - (de->d_name + 5);
       snprintf (point, sizeof point, "%.*s", (int) l, de->d_name + 5);
-      if (faccessat (r->pointsfd, point, F_OK, AT_SYMLINK_NOFOLLOW) == -1 &&
-          renameat (r->pointsfd, name, r->pointsfd, point) == 0) {
-        count++;
-        continue;
+      if (faccessat (r->pointsfd, point, F_OK, AT_SYMLINK_NOFOLLOW) == -1) {
+        if (renameat (r->pointsfd, name, r->pointsfd, point) == 0) {
+          count++;
+          continue;
+        }
+        if (first == 0) {
+          first = errno;
+          snprintf (bad, sizeof bad, "%s", name);
+        }
+        continue;               /* never remove the last copy */
       }
     }
     if (remove_flat_dir (r->pointsfd, name) == 0)
       count++;
+    else if (first == 0) {
+      first = errno;
+      snprintf (bad, sizeof bad, "%s", name);
+    }
   }
   closedir (d);
-  fsync (r->pointsfd);
+  if (count > 0 && fsync_dirfd (r->pointsfd) == -1 && first == 0) {
+    first = errno;
+    snprintf (bad, sizeof bad, "(sync of the directory)");
+  }
+  if (first) {
+    seterr (err, errlen, "cannot clean up %s/points/%s, left by an "
+            "interrupted run: %s", r->dir, bad, strerror (first));
+    errno = first;
+    return -1;
+  }
   return count;
 }
 
 int
-remove_point (struct repo *r, const char *point)
+remove_point (struct repo *r, const char *point, char *err, size_t errlen)
 {
   char del[REPO_NAME_MAX + 32];
+  int e;
 
   snprintf (del, sizeof del, ".del-%s-%ld", point, (long) getpid ());
-  if (renameat (r->pointsfd, point, r->pointsfd, del) == -1)
+  if (renameat (r->pointsfd, point, r->pointsfd, del) == -1) {
+    seterr (err, errlen, "cannot remove %s/points/%s: %m", r->dir, point);
     return -1;
-  fsync (r->pointsfd);
-  remove_flat_dir (r->pointsfd, del);
+  }
+  if (fsync_dirfd (r->pointsfd) == -1) {
+    /* Not durable: put it back, so that the operation fails whole.  If
+     * that fails too, the point is gone now but may come back after a
+     * crash: its files stay (removing them could reach the disk before
+     * the rename), for the cleanup of a later run.
+     */
+    e = errno;
+    if (renameat (r->pointsfd, del, r->pointsfd, point) == 0) {
+      seterr (err, errlen, "cannot sync %s/points after taking point %s "
+              "out: %s; it was put back", r->dir, point,
+              strerror (e));
+      errno = e;
+      return -1;
+    }
+    seterr (err, errlen, "point %s is removed from %s/points, but that "
+            "directory cannot be synced (%s): after a crash the point may "
+            "come back; check the disk, then run 'nbdsnap verify %s'",
+            point, r->dir, strerror (e), r->dir);
+    errno = e;
+    return -2;
+  }
+  if (remove_flat_dir (r->pointsfd, del) == -1) {
+    seterr (err, errlen, "point %s is removed, but its files in "
+            "%s/points/%s could not all be deleted (%m); the next backup "
+            "or verify deletes them", point, r->dir, del);
+    return -2;
+  }
   return 0;
 }
 
@@ -128,7 +186,11 @@ dependents (struct repo *r, const char *point, char *out, size_t outlen)
   if (manifest_all (r, &all, &n, true, NULL, 0) == -1)
     return -1;
   for (i = 0; i < n; ++i) {
-    if (all[i].full || strcmp (all[i].parent, point) != 0)
+    /* A point naming itself as its parent is damaged, not its own
+     * child: it can be deleted.
+     */
+    if (all[i].full || strcmp (all[i].parent, point) != 0 ||
+        strcmp (all[i].name, point) == 0)
       continue;
     if (l < outlen)
       l += snprintf (out + l, outlen - l, "%s%s", count ? ", " : "",
@@ -144,7 +206,7 @@ repo_delete (struct repo *r, const char *point, char *err, size_t errlen)
 {
   POINTS_LOCKED struct repo *locked = NULL;
   char why[128], deps[512];
-  int n;
+  int n, fd = -1, ret;
 
   if (!repo_name_valid (point, why, sizeof why)) {
     seterr (err, errlen, "invalid restore point name '%s': %s", point, why);
@@ -175,9 +237,10 @@ repo_delete (struct repo *r, const char *point, char *err, size_t errlen)
     errno = EBUSY;
     return -1;
   }
-  if (remove_point (r, point) == -1) {
-    seterr (err, errlen, "cannot remove %s/points/%s: %m", r->dir, point);
+  /* A backup in progress on top of it counts as a child too. */
+  if (point_claim (r, point, "it cannot be deleted", &fd, err, errlen) == -1)
     return -1;
-  }
-  return 0;
+  ret = remove_point (r, point, err, errlen);
+  close (fd);
+  return ret == 0 ? 0 : -1;
 }

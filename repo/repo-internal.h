@@ -22,6 +22,8 @@
  *   reader.c    reading a point's disk through its chain
  *   verify.c    checking points and chains
  *   remove.c    deleting points, cleaning up what crashed processes left
+ *   hold.c      a backup in progress holds its parent; delete and merge
+ *               claim what they remove or replace
  *   merge.c     folding a point into its parent
  */
 #ifndef NBDSNAP_REPO_INTERNAL_H
@@ -142,15 +144,21 @@ int manifest_read (struct repo *r, const char *dirname, struct manifest *m,
   __attribute__ ((nonnull (1, 2, 3)));
 
 /* Every manifest under points/ (names not starting with '.') into a
- * malloc'd array, unsorted.  Damaged ones are skipped when skip_bad,
- * else the first one is an error.
+ * malloc'd array, unsorted.  Damaged ones (and directories with invalid
+ * names) are skipped when skip_bad, else the first one is an error; a
+ * manifest that cannot be read (out of memory, I/O error) is always an
+ * error.
  */
 int manifest_all (struct repo *r, struct manifest **out, size_t *n,
                   bool skip_bad, char *err, size_t errlen)
   __attribute__ ((nonnull (1, 2, 3)));
 
-/* 1 + the largest sequence number of the points (1 if none). */
-uint64_t next_sequence (struct repo *r) __attribute__ ((nonnull (1)));
+/* 1 + the largest sequence number of the points (1 if none); 0 with
+ * err set if a manifest cannot be read (damaged ones are skipped) or
+ * there is no next number.
+ */
+uint64_t next_sequence (struct repo *r, char *err, size_t errlen)
+  __attribute__ ((nonnull (1)));
 
 /* ------------------------------------------------------------ pool.c */
 
@@ -197,6 +205,8 @@ struct repo_writer {
   bool no_direct;               /* O_DIRECT writes failed: do not use */
   bool merge;                   /* replaces m.name, whose merge holds
                                    the points/ lock */
+  int parentfd;                 /* points/PARENT, held (hold.c) for the
+                                   writer's life; -1 if none */
   struct pool pool;
 
   pthread_mutex_t lock;         /* protects everything below */
@@ -289,9 +299,12 @@ int remove_flat_dir (int parentfd, const char *name)
   __attribute__ ((nonnull (2)));
 
 /* Remove point: rename it to .del-NAME-PID (atomic), sync, remove the
- * files.  Call with the points/ lock held.  -1 and errno.
+ * files.  Call with the points/ lock held.  0 done; -1 not done (the
+ * point is still there); -2 the point is gone, but not durably or its
+ * files are left behind (err says which).  err is set, errno too.
  */
-int remove_point (struct repo *r, const char *point)
+int remove_point (struct repo *r, const char *point, char *err,
+                  size_t errlen)
   __attribute__ ((nonnull (1, 2)));
 
 /* The number of points whose parent is point, their names comma
@@ -299,5 +312,31 @@ int remove_point (struct repo *r, const char *point)
  */
 int dependents (struct repo *r, const char *point, char *out, size_t outlen)
   __attribute__ ((nonnull (1, 2, 3)));
+
+/* ------------------------------------------------------------ hold.c */
+
+/* Hold point (a backup in progress is based on it): a shared flock on
+ * points/POINT, kept in *fd until it is closed.  Call with the points/
+ * lock held.  -1 with err and errno (ENOENT: no such point).
+ */
+int point_hold (struct repo *r, const char *point, int *fd, char *err,
+                size_t errlen)
+  __attribute__ ((nonnull (1, 2, 3)));
+
+/* Claim point for removing or replacing it: an exclusive, non-blocking
+ * flock on points/POINT, kept in *fd until it is closed.  Call with the
+ * points/ lock held.  -1 with err and errno: EBUSY if a backup in
+ * progress holds it (err names its pid and says why, which tells what
+ * would have been done), ENOENT if there is no such point.
+ */
+int point_claim (struct repo *r, const char *point, const char *why,
+                 int *fd, char *err, size_t errlen)
+  __attribute__ ((nonnull (1, 2, 3, 4)));
+
+/* Is points/POINT still the directory fd was opened on?  1 yes, 0 no
+ * (gone or replaced), -1 and errno if that cannot be told.
+ */
+int point_still_there (struct repo *r, const char *point, int fd)
+  __attribute__ ((nonnull (1, 2)));
 
 #endif /* NBDSNAP_REPO_INTERNAL_H */

@@ -80,15 +80,74 @@ points_opendir (struct repo *r)
   return d;
 }
 
+/* Is parentfd/name an empty directory?  (Nothing is changed.) */
+static bool
+empty_dir_at (int parentfd, const char *name)
+{
+  int fd = openat (parentfd, name, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  DIR *d;
+  struct dirent *de;
+  bool empty = true;
+
+  if (fd == -1)
+    return false;
+  d = fdopendir (fd);
+  if (d == NULL) {
+    close (fd);
+    return false;
+  }
+  while ((de = readdir (d)) != NULL)
+    if (strcmp (de->d_name, ".") && strcmp (de->d_name, ".."))
+      empty = false;
+  closedir (d);
+  return empty;
+}
+
+/* fsync the directory that holds path (a repository directory just
+ * created).  0 or -1 and errno.
+ */
+static int
+fsync_parent_of (const char *path)
+{
+  char *d = strdup (path), *slash;
+  int fd, r, saved;
+
+  if (d == NULL)
+    return -1;
+  /* dirname without its surprises: "a/b/" -> "a", "b" -> "." */
+  slash = d + strlen (d);
+  while (slash > d + 1 && slash[-1] == '/')
+    *--slash = '\0';
+  slash = strrchr (d, '/');
+  if (slash == NULL)
+    strcpy (d, ".");
+  else if (slash == d)
+    d[1] = '\0';
+  else
+    *slash = '\0';
+  fd = open (d, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  saved = errno;
+  free (d);
+  if (fd == -1) {
+    errno = saved;
+    return -1;
+  }
+  r = fsync (fd);
+  saved = errno;
+  close (fd);
+  errno = saved;
+  return r;
+}
+
 int
 repo_init (const char *dir, uint32_t block_size, char *err, size_t errlen)
 {
   char buf[512], tbuf[64];
   size_t len;
-  int fd = -1;
+  int fd = -1, r;
   DIR *d;
   struct dirent *de;
-  bool other = false;
+  bool other = false, made_dir = false, has_points = false;
 
   if (block_size == 0)
     block_size = DEFAULT_BLOCK_SIZE;
@@ -99,7 +158,9 @@ repo_init (const char *dir, uint32_t block_size, char *err, size_t errlen)
     errno = EINVAL;
     return -1;
   }
-  if (mkdir (dir, 0700) == -1 && errno != EEXIST) {
+  if (mkdir (dir, 0700) == 0)
+    made_dir = true;
+  else if (errno != EEXIST) {
     seterr (err, errlen, "cannot create repository directory %s: %m", dir);
     return -1;
   }
@@ -108,8 +169,9 @@ repo_init (const char *dir, uint32_t block_size, char *err, size_t errlen)
     seterr (err, errlen, "cannot open repository directory %s: %m", dir);
     return -1;
   }
-  /* Refuse a non-empty directory (an empty points/ of an interrupted
-   * init is fine).
+  /* Refuse a non-empty directory, changing nothing in it.  What an
+   * interrupted init leaves (an empty points/, a repository.tmp) is
+   * fine: it is taken over.
    */
   d = fdopendir (dup (fd));
   if (d == NULL) {
@@ -118,11 +180,13 @@ repo_init (const char *dir, uint32_t block_size, char *err, size_t errlen)
     return -1;
   }
   while ((de = readdir (d)) != NULL) {
-    if (strcmp (de->d_name, ".") == 0 || strcmp (de->d_name, "..") == 0)
+    if (strcmp (de->d_name, ".") == 0 || strcmp (de->d_name, "..") == 0 ||
+        strcmp (de->d_name, "repository.tmp") == 0)
       continue;
-    if (strcmp (de->d_name, "points") == 0 &&
-        unlinkat (fd, "points", AT_REMOVEDIR) == 0)
+    if (strcmp (de->d_name, "points") == 0 && empty_dir_at (fd, "points")) {
+      has_points = true;
       continue;
+    }
     other = true;
   }
   closedir (d);
@@ -137,10 +201,15 @@ repo_init (const char *dir, uint32_t block_size, char *err, size_t errlen)
     errno = EEXIST;
     return -1;
   }
-  if (mkdirat (fd, "points", 0700) == -1) {
+  if (!has_points && mkdirat (fd, "points", 0700) == -1) {
     seterr (err, errlen, "cannot create %s/points: %m", dir);
-    close (fd);
-    return -1;
+    has_points = true;          /* nothing to undo */
+    goto undo;
+  }
+  /* A new directory's own entry must be durable too. */
+  if (made_dir && fsync_parent_of (dir) == -1) {
+    seterr (err, errlen, "cannot sync the directory holding %s: %m", dir);
+    goto undo;
   }
   format_time (time (NULL), tbuf, sizeof tbuf);
   len = snprintf (buf, sizeof buf,
@@ -148,13 +217,46 @@ repo_init (const char *dir, uint32_t block_size, char *err, size_t errlen)
                   "version %d\n"
                   "block-size %" PRIu32 "\n"
                   "created %s\n", REPO_VERSION, block_size, tbuf);
-  if (kv_write_file (fd, "repository", buf, len) < 0) {
-    seterr (err, errlen, "cannot write %s/repository: %m", dir);
+  /* The repository file also makes points/ durable: it is renamed into
+   * the same directory, which is then fsynced.
+   */
+  r = kv_write_file (fd, "repository", buf, len);
+  if (r == -2) {
+    seterr (err, errlen, "%s/repository is written, but %s could not be "
+            "synced (%m): the repository may not survive a crash; check the "
+            "disk, then run 'nbdsnap list %s'", dir, dir, dir);
     close (fd);
     return -1;
   }
+  if (r < 0) {
+    seterr (err, errlen, "cannot write %s/repository: %m", dir);
+    goto undo;
+  }
   close (fd);
   return 0;
+
+ undo:
+  /* Leave the directory as it was found (best effort: what stays is
+   * what an interrupted init leaves, which init takes over).
+   */
+  {
+    int saved = errno;
+    bool left = false;
+    if (!has_points && unlinkat (fd, "points", AT_REMOVEDIR) == -1)
+      left = true;
+    close (fd);
+    if (made_dir && !left && rmdir (dir) == -1)
+      left = true;
+    if (left) {
+      size_t l = err ? strlen (err) : 0;
+      if (err && l < errlen)
+        snprintf (err + l, errlen - l, "; cannot remove what init made "
+                  "(%m): an interrupted init is left in %s, which 'nbdsnap "
+                  "init' takes over", dir);
+    }
+    errno = saved;
+  }
+  return -1;
 }
 
 /* Check the text of REPO/repository (len bytes, changed in place) and
@@ -313,6 +415,7 @@ repo_remove_empty (struct repo *r, bool remove_dir, char *err, size_t errlen)
   DIR *d;
   struct dirent *de;
   bool empty = true;
+  char first[256] = "";
 
   if (locked == NULL)
     return -1;
@@ -322,11 +425,18 @@ repo_remove_empty (struct repo *r, bool remove_dir, char *err, size_t errlen)
     return -1;
   }
   while ((de = readdir (d)) != NULL)
-    if (strcmp (de->d_name, ".") && strcmp (de->d_name, ".."))
+    if (strcmp (de->d_name, ".") && strcmp (de->d_name, "..")) {
+      if (empty || first[0] == '.')
+        snprintf (first, sizeof first, "%s", de->d_name);
       empty = false;
+    }
   closedir (d);
   if (!empty) {
-    seterr (err, errlen, "%s holds restore points", r->dir);
+    if (first[0] == '.')
+      seterr (err, errlen, "%s is not empty: %s/points/%s is left (the "
+              "next backup or verify removes it)", r->dir, r->dir, first);
+    else
+      seterr (err, errlen, "%s holds restore points", r->dir);
     errno = ENOTEMPTY;
     return -1;
   }

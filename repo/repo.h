@@ -112,8 +112,14 @@ int repo_writer_put_zero (struct repo_writer *w, uint64_t block)
  */
 const char *repo_writer_error (struct repo_writer *w)
   __attribute__ ((nonnull (1)));
-/* fsync, rename: the point exists after this.  Frees w (also on error,
- * after removing the temp dir).
+/* Bytes stored in the point so far (its data file without header). */
+uint64_t repo_writer_stored_bytes (struct repo_writer *w)
+  __attribute__ ((nonnull (1)));
+/* fsync, rename: the point exists after this.  Frees w (also on
+ * error).  0 done; -1 not done (the temporary directory is removed, the
+ * repository is as before); -2 the point is in place but it may not
+ * survive a crash, or (merge) what it replaced could not be removed:
+ * err says which.
  */
 int repo_writer_commit (struct repo_writer *w, char *err, size_t errlen)
   __attribute__ ((nonnull (1)));
@@ -153,7 +159,9 @@ void repo_reader_close (struct repo_reader *rd);
 /* ---- whole-repository operations (verify.c, merge.c, remove.c) ---- */
 
 /* Check points and chains.  report() gets one line per problem; returns
- * the number of problems (0 = clean), -1 if it could not run.
+ * the number of problems (0 = clean), -1 and errno if it could not run
+ * (ENOMEM: out of memory, which is no damage and is never reported as
+ * a problem).
  */
 int repo_verify (struct repo *r, const char *point /* NULL = all */,
                  void (*report) (const char *line, void *opaque),

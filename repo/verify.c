@@ -5,10 +5,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "repo-internal.h"
 
@@ -17,7 +19,22 @@ struct vctx {
   void (*report) (const char *line, void *opaque);
   void *opaque;
   int problems;
+  bool stopped;                 /* out of memory: verify cannot go on */
 };
+
+/* Did the last failure mean "cannot check" rather than "damaged"?  Out
+ * of memory says nothing about the repository: verification stops and
+ * fails instead of reporting damage that is not there.
+ */
+static bool
+cannot_check (struct vctx *v, const char *err)
+{
+  (void) err;
+  if (errno != ENOMEM)
+    return false;
+  v->stopped = true;
+  return true;
+}
 
 /* Report one problem. */
 static void __attribute__ ((format (printf, 2, 3)))
@@ -44,21 +61,47 @@ verify_point (struct repo *r, const char *name, struct vctx *v)
   struct pool pool;
   uint64_t i;
 
-  if (member_load (r, name, &mb, err, sizeof err) == -1) {
-    vreport (v, "%s", err);
+  int tries, dirfd, there;
+
+  if (v->stopped)
+    return;
+  /* Verify takes no lock: a point deleted, or replaced by a merge,
+   * while it is loaded is no damage.  Load it again if its directory
+   * changed meanwhile; skip it if it is gone.
+   */
+  for (tries = 0; ; ++tries) {
+    dirfd = openat (r->pointsfd, name, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+    if (dirfd == -1 && errno == ENOENT)
+      return;                   /* deleted since it was listed */
+    if (member_load (r, name, &mb, err, sizeof err) == 0)
+      break;
+    there = dirfd >= 0 ? point_still_there (r, name, dirfd) : 1;
+    if (dirfd >= 0)
+      close (dirfd);
+    if (there == 0 && tries < 3)
+      continue;
+    if (there == 0 && faccessat (r->pointsfd, name, F_OK,
+                                 AT_SYMLINK_NOFOLLOW) == -1)
+      return;
+    if (!cannot_check (v, err))
+      vreport (v, "%s", err);
     return;
   }
+  if (dirfd >= 0)
+    close (dirfd);
   pool_init (&pool, r->block_size);
   s = pool_get (&pool);
   if (s == NULL) {
-    vreport (v, "out of memory verifying %s", name);
+    errno = ENOMEM;
+    cannot_check (v, "out of memory");
     goto out;
   }
-  for (i = 0; i < mb.m.blocks; ++i) {
+  for (i = 0; i < mb.m.blocks && !v->stopped; ++i) {
     const uint8_t *e = member_entry (&mb, i);
     if (e[ENTRY_KIND] != KIND_DATA)
       continue;
-    if (member_read_entry (r, &mb, e, s, s->b, NULL, err, sizeof err) == -1)
+    if (member_read_entry (r, &mb, e, s, s->b, NULL, err, sizeof err) == -1
+        && !cannot_check (v, err))
       vreport (v, "%s", err);
   }
  out:
@@ -114,6 +157,10 @@ verify_one (struct repo *r, const char *point, struct vctx *v)
   free (all);                   /* only their number, n, is used */
   for (;;) {
     if (manifest_read (r, name, &m, err, sizeof err) == -1) {
+      if (cannot_check (v, err)) {
+        errno = ENOMEM;
+        return -1;
+      }
       if (depth == 0 && errno == ENOENT) {
         vreport (v, "%s", err);
         return -1;              /* unknown point: not a verify result */
@@ -126,6 +173,10 @@ verify_one (struct repo *r, const char *point, struct vctx *v)
       break;
     }
     verify_point (r, name, v);
+    if (v->stopped) {
+      errno = ENOMEM;
+      return -1;
+    }
     if (m.full)
       break;
     if (++depth > n) {
@@ -141,7 +192,7 @@ int
 repo_verify (struct repo *r, const char *point,
              void (*report) (const char *line, void *opaque), void *opaque)
 {
-  struct vctx v = { report, opaque, 0 };
+  struct vctx v = { report, opaque, 0, false };
   struct manifest *all = NULL;
   size_t n = 0, i;
   DIR *d;
@@ -165,6 +216,10 @@ repo_verify (struct repo *r, const char *point,
     verify_point (r, de->d_name, &v);
   }
   closedir (d);
+  if (v.stopped) {
+    errno = ENOMEM;
+    return -1;
+  }
   if (manifest_all (r, &all, &n, true, NULL, 0) == -1)
     return -1;
   for (i = 0; i < n; ++i)

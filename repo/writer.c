@@ -72,6 +72,14 @@ writer_fail (struct repo_writer *w, const char *fmt, ...)
   va_end (ap);
 }
 
+uint64_t
+repo_writer_stored_bytes (struct repo_writer *w)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&w->lock);
+
+  return w->data_end - DATA_HDR;
+}
+
 const char *
 repo_writer_error (struct repo_writer *w)
 {
@@ -87,6 +95,7 @@ writer_free (struct repo_writer *w)
   if (w->directfd >= 0) close (w->directfd);
   if (w->spillfd >= 0) close (w->spillfd);
   if (w->dirfd >= 0) close (w->dirfd);
+  if (w->parentfd >= 0) close (w->parentfd);    /* the hold goes */
   if (w->tmpname[0])
     remove_flat_dir (w->r->pointsfd, w->tmpname);
   pool_destroy (&w->pool);
@@ -111,7 +120,7 @@ writer_start (struct repo *r, const struct manifest *m, char *err,
   w->r = r;
   w->m = *m;
   w->m.block_size = r->block_size;
-  w->dirfd = w->datafd = w->spillfd = w->directfd = -1;
+  w->dirfd = w->datafd = w->spillfd = w->directfd = w->parentfd = -1;
   geom_init (&w->g, m->disk_size, r->block_size);
   pthread_mutex_init (&w->lock, NULL);
   pool_init (&w->pool, r->block_size);
@@ -151,6 +160,8 @@ writer_start (struct repo *r, const struct manifest *m, char *err,
    * systems without O_DIRECT refuse it here or on the first write.
    */
   w->directfd = openat (w->dirfd, "data", O_WRONLY|O_DIRECT|O_CLOEXEC);
+  if (w->directfd == -1 && errno != EINVAL && errno != EOPNOTSUPP)
+    goto ioerr;                 /* not "unsupported": an error */
   return w;
 
  ioerr:
@@ -167,7 +178,9 @@ repo_writer_begin (struct repo *r, const char *name, const char *parent,
                    char *err, size_t errlen)
 {
   struct manifest m, pm;
+  struct repo_writer *w;
   char why[128];
+  int parentfd = -1;
 
   memset (&m, 0, sizeof m);
   if (!repo_name_valid (name, why, sizeof why)) {
@@ -192,6 +205,13 @@ repo_writer_begin (struct repo *r, const char *name, const char *parent,
     return NULL;
   }
   if (parent) {
+    /* Under the points/ lock: the parent exists now, and is held from
+     * now on, so that no delete or merge removes it under this backup.
+     */
+    POINTS_LOCKED struct repo *locked = points_lock (r, err, errlen);
+
+    if (locked == NULL)
+      return NULL;
     if (manifest_read (r, parent, &pm, err, errlen) == -1)
       return NULL;
     if (pm.block_size != r->block_size) {
@@ -201,6 +221,8 @@ repo_writer_begin (struct repo *r, const char *name, const char *parent,
       errno = EINVAL;
       return NULL;
     }
+    if (point_hold (r, parent, &parentfd, err, errlen) == -1)
+      return NULL;
     strcpy (m.parent, parent);
   }
   strcpy (m.name, name);
@@ -212,7 +234,14 @@ repo_writer_begin (struct repo *r, const char *name, const char *parent,
   m.disk_size = disk_size;
   m.compressed = compress;
   m.created = time (NULL);
-  return writer_start (r, &m, err, errlen);
+  w = writer_start (r, &m, err, errlen);
+  if (w == NULL) {
+    if (parentfd >= 0)
+      close (parentfd);
+    return NULL;
+  }
+  w->parentfd = parentfd;
+  return w;
 }
 
 /* Write len stored bytes from buf at off of the data file (see above).
@@ -252,8 +281,15 @@ writer_store (struct repo_writer *w, uint64_t off, const void *buf,
     errno = EIO;
     return -1;
   }
-  if (fd == w->datafd)
-    writeback_after_write (fd, off, len);
+  /* Writeback errors are write errors: the commit's fsync would not
+   * see them again (writeback.h).
+   */
+  if (fd == w->datafd && writeback_after_write (fd, off, len) == -1) {
+    writer_fail (w, "cannot write back %s/points/%s/data: %s", w->r->dir,
+                 w->tmpname, strerror (errno));
+    errno = EIO;
+    return -1;
+  }
   return 0;
 }
 
@@ -318,8 +354,14 @@ writer_reserve (struct repo_writer *w, const struct rec *recs, size_t n,
     uint64_t to = (w->data_end + PREALLOC) / PREALLOC * PREALLOC;
     if (fallocate (w->datafd, 0, w->alloc_end, to - w->alloc_end) == 0)
       w->alloc_end = to;
-    else
-      w->no_alloc = true;
+    else if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)
+      w->no_alloc = true;       /* not supported: write without */
+    else {
+      /* ENOSPC, EIO...: the writes would fail too, or worse. */
+      writer_fail_locked (w, "cannot allocate space in %s/points/%s/data: "
+                          "%m", w->r->dir, w->tmpname);
+      return -1;
+    }
   }
   *off = off0;
   *total = sum;

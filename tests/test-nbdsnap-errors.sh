@@ -115,6 +115,11 @@ expect_exit 1 'not an nbdsnap repository' "$N" list "$tmpdir/foreign"
 expect_exit 1 'not an nbdsnap repository' "$N" verify "$tmpdir/foreign"
 expect_exit 1 'must be empty|not an nbdsnap repository|not empty' "$N" init "$tmpdir/foreign"
 same_dir "$fsum" "$tmpdir/foreign"
+# init on an existing (empty) repository refuses and changes nothing.
+"$N" init "$tmpdir/twice" > /dev/null
+expect_exit 1 'already a repository' "$N" init "$tmpdir/twice"
+expect_exit 0 '' "$N" list "$tmpdir/twice"
+rm -rf "$tmpdir/twice"
 
 # ------------------------------------------- server with the full stack
 # (a file disk: it keeps its content across server restarts)

@@ -36,11 +36,19 @@ TESTS = \
 	tests/test-freeze-startup.sh \
 	tests/test-freeze-t1t4.sh \
 	tests/test-fuzz-parsers.sh \
+	tests/test-nbdsnap-concurrent.sh \
+	tests/test-nbdsnap-crafted.sh \
 	tests/test-nbdsnap-damage.sh \
 	tests/test-nbdsnap-e2e.sh \
 	tests/test-nbdsnap-errors.sh \
+	tests/test-nbdsnap-faults-alloc.sh \
+	tests/test-nbdsnap-faults-backup.sh \
+	tests/test-nbdsnap-faults-repo.sh \
+	tests/test-nbdsnap-faults-restore.sh \
 	tests/test-nbdsnap-json.sh \
 	tests/test-nbdsnap-manage.sh \
+	tests/test-nbdsnap-restore-blockdev.sh \
+	tests/test-nbdsnap-sync.sh \
 	tests/test-nbdsnap-uri.sh \
 	tests/test-snapshot-badnames.sh \
 	tests/test-snapshot-badparams.sh \

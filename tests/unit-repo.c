@@ -319,6 +319,92 @@ test_points (void)
   repo_close (r);
 }
 
+/* init on an existing repository changes nothing (it once removed an
+ * empty points/ and then refused); what an interrupted init leaves is
+ * taken over.
+ */
+static void
+test_init_twice (void)
+{
+  struct repo *r;
+  char err[512];
+
+  CHECK (repo_init ("r", 0, err, sizeof err) == 0);
+  CHECK (repo_init ("r", 0, err, sizeof err) == -1 && errno == EEXIST &&
+         strstr (err, "already a repository"));
+  r = repo_open ("r", err, sizeof err);
+  CHECK (r != NULL);
+  if (r == NULL)
+    fprintf (stderr, "%s\n", err);
+  else {
+    struct repo_point_info *info;
+    size_t n;
+    CHECK (repo_list (r, &info, &n, err, sizeof err) == 0 && n == 0);
+    if (n == 0)
+      free (info);
+    CHECK (repo_remove_empty (r, true, err, sizeof err) == 0);
+    repo_close (r);
+  }
+  /* An interrupted init: an empty points/ and a repository.tmp. */
+  CHECK (mkdir ("r", 0700) == 0 && mkdir ("r/points", 0700) == 0);
+  put_file ("r/repository.tmp", "nbdsnap-repo");
+  CHECK (repo_init ("r", 0, err, sizeof err) == 0);
+  r = repo_open ("r", err, sizeof err);
+  CHECK (r != NULL);
+  if (r) {
+    unlink ("r/repository.tmp");
+    CHECK (repo_remove_empty (r, true, err, sizeof err) == 0);
+    repo_close (r);
+  }
+  /* A non-empty points/ without a repository file is not taken over. */
+  CHECK (mkdir ("r", 0700) == 0 && mkdir ("r/points", 0700) == 0 &&
+         mkdir ("r/points/x", 0700) == 0);
+  CHECK (repo_init ("r", 0, err, sizeof err) == -1 &&
+         strstr (err, "not empty"));
+  CHECK (rmdir ("r/points/x") == 0 && rmdir ("r/points") == 0 &&
+         rmdir ("r") == 0);
+}
+
+/* A writer holds its parent: delete and merge of it are refused with
+ * this process's pid until the writer is gone.
+ */
+static void
+test_hold (void)
+{
+  struct repo *r;
+  struct repo_writer *w;
+  char err[512], pid[64];
+
+  snprintf (pid, sizeof pid, "(pid %ld)", (long) getpid ());
+  CHECK (repo_init (tmpdir, 0, err, sizeof err) == 0);
+  r = repo_open (tmpdir, err, sizeof err);
+  CHECK (r != NULL);
+  if (r == NULL)
+    return;
+  CHECK (write_point (r, "f1", NULL, 65536, false, 5) == 0);
+  CHECK (write_point (r, "i1", "f1", 65536, false, 5) == 0);
+  w = repo_writer_begin (r, "i2", "i1", "i1", 65536, false, err, sizeof err);
+  CHECK (w != NULL);
+  CHECK (repo_delete (r, "i1", err, sizeof err) == -1 && errno == EBUSY &&
+         strstr (err, "parent of a backup in progress") && strstr (err, pid));
+  CHECK (repo_merge (r, "i1", err, sizeof err) == -1 && errno == EBUSY &&
+         strstr (err, "merging would replace it") && strstr (err, pid));
+  repo_writer_abort (w);
+  w = repo_writer_begin (r, "i2", "f1", "f1", 65536, false, err, sizeof err);
+  CHECK (w != NULL);
+  /* f1 would be removed by merging i1 (its only child). */
+  CHECK (repo_merge (r, "i1", err, sizeof err) == -1 && errno == EBUSY &&
+         strstr (err, "merging would remove it"));
+  CHECK (repo_writer_commit (w, err, sizeof err) == 0);
+  /* Two children now: merging i1 keeps f1 (for i2). */
+  CHECK (repo_merge (r, "i1", err, sizeof err) == 0);
+  CHECK (repo_delete (r, "i1", err, sizeof err) == 0);
+  CHECK (repo_delete (r, "i2", err, sizeof err) == 0);
+  CHECK (repo_delete (r, "f1", err, sizeof err) == 0);
+  CHECK (repo_remove_empty (r, false, err, sizeof err) == 0);
+  repo_close (r);
+}
+
 int
 main (void)
 {
@@ -327,6 +413,8 @@ main (void)
     return 1;
   }
   test_text_files ();
+  test_init_twice ();
+  test_hold ();
   test_points ();
   if (chdir ("/") == 0)
     rmdir (tmpdir);             /* gone already if all went well */

@@ -120,8 +120,13 @@ init_repo_now (struct backup *b)
 {
   char err[ERRLEN];
 
-  if (repo_init (b->repodir, b->init_bs, err, sizeof err) == -1)
+  if (repo_init (b->repodir, b->init_bs, err, sizeof err) == -1) {
+    /* Written but not synced: it is there, and this run made it. */
+    char e2[ERRLEN];
+    if ((b->repo = repo_open (b->repodir, e2, sizeof e2)) != NULL)
+      b->made_repo = true;
     return fail (EXIT_FAILED, "%s", err);
+  }
   verbose ("initialized repository %s", b->repodir);
   b->need_init = false;
   b->made_repo = true;

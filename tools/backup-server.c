@@ -82,6 +82,30 @@ check_base_checkpoint (struct backup *b)
   return EXIT_OK;
 }
 
+/* Does the @freeze:list result res hold a frozen point name?  *checkpoint
+ * (if not NULL): whether it has a checkpoint of the same name.
+ */
+static bool
+frozen_point (struct result *res, const char *name, bool *checkpoint)
+{
+  struct json_object *p;
+  const char *n;
+  size_t i;
+
+  for (i = 0; i < jlen (res->root, "points"); ++i) {
+    p = jat (res->root, "points", i);
+    n = jstr (p, "name");
+    if (n && strcmp (n, name) == 0) {
+      if (checkpoint) {
+        *checkpoint = false;
+        jbool (p, "checkpoint", checkpoint);
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
 /* Is the server there, with a freeze filter?  (@freeze:list is read-only
  * and always allowed.)  And the base of an incremental.
  */
@@ -93,6 +117,7 @@ check_server (struct backup *b)
 
   switch (run_command (b->uri, "@freeze:list", &res, err, sizeof err)) {
   case CMD_DONE:
+    b->frozen_before = frozen_point (&res, b->name, NULL);
     result_free (&res);
     break;
   case CMD_UNREACHABLE:
@@ -102,6 +127,7 @@ check_server (struct backup *b)
                  "needs nbdkit --filter=freeze, and --filter=cbt below it "
                  "for incrementals): %s", err);
   case CMD_INVALID:
+  case CMD_LOST:
     return fail (EXIT_FAILED, "%s", err);
   }
   if (b->incremental)
@@ -133,23 +159,60 @@ begin_error (struct json_object *root, char *err, size_t errlen)
   result_free (&in);
 }
 
+/* After a begin whose result was lost: is our point there?  Sets
+ * b->begun and b->checkpoint for the cleanup.
+ */
+static void
+find_lost_begin (struct backup *b)
+{
+  char err[ERRLEN];
+  struct result res;
+  bool cp = false;
+
+  if (b->frozen_before)
+    return;                     /* someone else's: the begin was refused */
+  if (run_command (b->uri, "@freeze:list", &res, err, sizeof err)
+      != CMD_DONE) {
+    msg ("warning: cannot tell whether frozen point '%s' was begun (%s); "
+         "if 'nbdsnap freeze list %s' shows it, end it with 'nbdsnap "
+         "freeze end %s %s' and delete its checkpoint with 'nbdsnap "
+         "checkpoint delete %s %s'", b->name, err, b->uri, b->uri, b->name,
+         b->uri, b->name);
+    return;
+  }
+  if (frozen_point (&res, b->name, &cp)) {
+    b->begun = true;
+    b->checkpoint = cp;
+  }
+  result_free (&res);
+}
+
 /* The instant of the backup. */
 int
 begin_point (struct backup *b)
 {
   char ex[256], err[ERRLEN];
   struct result res;
+  enum command_status st;
 
   snprintf (ex, sizeof ex, "@freeze:begin/%s", b->name);
-  switch (run_command (b->uri, ex, &res, err, sizeof err)) {
+  switch ((st = run_command (b->uri, ex, &res, err, sizeof err))) {
   case CMD_DONE:
     break;
   case CMD_UNREACHABLE:
     return fail (EXIT_USAGE, "cannot connect to %s: %s", b->uri, err);
   case CMD_REFUSED:
-  case CMD_INVALID:
     return fail (EXIT_FAILED, "the server refused to begin backup '%s': %s",
                  b->name, err);
+  case CMD_INVALID:
+  case CMD_LOST:
+    /* The begin ran, with an outcome unknown: a point of this name that
+     * was not there before is ours, and the cleanup must end it.
+     */
+    find_lost_begin (b);
+    return fail (EXIT_FAILED, "%s backup '%s': %s",
+                 st == CMD_LOST ? "could not begin"
+                 : "the server refused to begin", b->name, err);
   }
   if (!res.ok) {
     begin_error (res.root, err, sizeof err);
@@ -178,9 +241,12 @@ end_point (struct backup *b)
   struct json_object *point;
   bool aborted = false;
   const char *why;
+  enum command_status st;
 
   snprintf (ex, sizeof ex, "@freeze:end/%s", b->name);
-  if (command_ok (b, ex, &res, err, sizeof err) != CMD_DONE) {
+  st = command_ok (b, ex, &res, err, sizeof err);
+  if (st != CMD_DONE) {
+    b->end_lost = st == CMD_LOST || st == CMD_INVALID;
     backup_fail (b, "could not end frozen point '%s': %s", b->name, err);
     return -1;
   }
@@ -214,12 +280,20 @@ cleanup (struct backup *b)
     b->w = NULL;
   }
   if (b->begun) {
+    enum command_status st;
     snprintf (ex, sizeof ex, "@freeze:end/%s", b->name);
-    if (command_ok (b, ex, &res, err, sizeof err) != CMD_DONE)
-      msg ("warning: could not release frozen point '%s' (%s); release it "
-           "with: nbdsnap freeze end '%s' %s", b->name, err, b->uri,
-           b->name);
-    else {
+    st = run_command (b->uri, ex, &res, err, sizeof err);
+    if (st == CMD_DONE && !res.ok) {
+      const char *e = jstr (res.root, "errno");
+      /* An end whose result was lost may have ended it already. */
+      bool gone = b->end_lost && e && strcmp (e, "ENOENT") == 0;
+      result_error (res.root, err, sizeof err);
+      result_free (&res);
+      st = gone ? CMD_DONE : CMD_REFUSED;
+      if (gone)
+        verbose ("frozen point '%s' was released already", b->name);
+    }
+    else if (st == CMD_DONE) {
       /* Say why reads failed if the server aborted the point. */
       struct json_object *point = jget (res.root, "point");
       bool aborted = false;
@@ -230,6 +304,10 @@ cleanup (struct backup *b)
              why && why[0] ? why : "(no reason given)");
       result_free (&res);
     }
+    if (st != CMD_DONE)
+      msg ("warning: could not release frozen point '%s' (%s); release it "
+           "with: nbdsnap freeze end '%s' %s", b->name, err, b->uri,
+           b->name);
     b->begun = false;
   }
   if (b->checkpoint) {

@@ -158,12 +158,8 @@ plan (struct backup *b, double t0, uint64_t *total)
 static void
 report (struct backup *b, int nconn, double t0)
 {
-  char err[ERRLEN], a[32], c[32], d[32];
-  struct repo_point_info info;
+  char a[32], c[32], d[32];
   double el = now_seconds () - t0;
-
-  memset (&info, 0, sizeof info);
-  repo_point_get (b->repo, b->name, &info, err, sizeof err);
   if (opt_json) {
     printf ("{\"ok\":true,\"point\":");
     json_str (stdout, b->name);
@@ -175,7 +171,7 @@ report (struct backup *b, int nconn, double t0)
             ",\"bytes_read\":%" PRIu64 ",\"stored_bytes\":%" PRIu64
             ",\"connections\":%d,\"seconds\":%.3f}\n",
             b->size, b->bs, b->data_blocks, b->zero_blocks, b->bytes_read,
-            info.stored_bytes, nconn, el);
+            b->stored, nconn, el);
   }
   else {
     printf ("backup '%s' (%s%s): %" PRIu64 " data block(s), %" PRIu64
@@ -184,7 +180,7 @@ report (struct backup *b, int nconn, double t0)
             b->incremental ? b->since : "",
             b->data_blocks, b->zero_blocks,
             human_size (b->bytes_read, a, sizeof a),
-            human_size (info.stored_bytes, c, sizeof c), el,
+            human_size (b->stored, c, sizeof c), el,
             human_size (el > 0 ? (uint64_t) (b->bytes_read / el) : 0, d,
                         sizeof d));
   }
@@ -205,8 +201,10 @@ do_backup (struct backup *b)
     return fail (EXIT_FAILED, "interrupted");
   if (b->need_init && (r = init_repo_now (b)) != EXIT_OK)
     return r;
-  if ((r = begin_point (b)) != EXIT_OK)
+  if ((r = begin_point (b)) != EXIT_OK) {
+    cleanup (b);                /* a begin that ran but was lost */
     return r;
+  }
 
   if ((nconn = open_view (b)) == -1 || plan (b, t0, &total) == -1)
     goto failed;
@@ -217,6 +215,10 @@ do_backup (struct backup *b)
 
   /* Copy. */
   b->pg = progress_start (b->show_progress, "backup", total);
+  if (b->pg == NULL) {
+    backup_fail (b, "out of memory");
+    goto failed;
+  }
   copy_chunks (b, nconn);
   progress_stop (b->pg, !backup_stopping (b));
   b->pg = NULL;
@@ -234,11 +236,13 @@ do_backup (struct backup *b)
 
   /* The point exists after this. */
   verbose ("frozen point ended at %.2fs; committing", now_seconds () - t0);
+  b->stored = repo_writer_stored_bytes (b->w);
   r = repo_writer_commit (b->w, err, sizeof err);
   verbose ("committed at %.2fs", now_seconds () - t0);
   b->w = NULL;
-  if (r == -1) {
+  if (r < 0) {
     backup_fail (b, "%s", err);
+    b->point_left = r == -2;
     goto failed;
   }
   b->checkpoint = false;        /* kept: the next incremental's base */
@@ -247,6 +251,8 @@ do_backup (struct backup *b)
 
  failed:
   cleanup (b);
+  if (b->point_left)            /* the error says what is in place */
+    return fail (EXIT_FAILED, "backup '%s' failed: %s", b->name, b->err);
   return fail (EXIT_FAILED, "backup '%s' failed: %s; the repository is "
                "unchanged", b->name, b->err);
 }

@@ -42,10 +42,15 @@ struct backup {
   uint32_t bs;
   uint64_t size;
   bool begun;                   /* the frozen point is held */
+  bool end_lost;                /* @freeze:end ran, its result lost */
+  bool frozen_before;           /* a frozen point of that name was there
+                                 * before the backup began (not ours) */
   bool checkpoint;              /* ... with checkpoint name, ours */
   bool need_init;               /* create the repository once the
                                  * server has answered */
   bool made_repo;               /* this run created the repository */
+  bool point_left;              /* the commit failed after the point was
+                                 * put in place (not durable) */
   bool dir_was_missing;         /* ... and its directory */
   uint32_t init_bs;
   char view[256];               /* the export read */
@@ -60,6 +65,7 @@ struct backup {
 
   /* results */
   uint64_t data_blocks, zero_blocks, bytes_read;  /* atomic */
+  uint64_t stored;              /* bytes stored in the point */
   pthread_mutex_t lock;
   bool failed;
   char err[ERRLEN];

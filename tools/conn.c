@@ -164,17 +164,26 @@ run_command (const char *uri, const char *exportname, struct result *res,
   h = connect_export (uri, exportname, false, &refused, err, errlen);
   if (h == NULL)
     return refused ? CMD_REFUSED : CMD_UNREACHABLE;
+  /* From here on the command has run: a result that cannot be read is
+   * CMD_LOST, not "unreachable".
+   */
   size = nbd_get_size (h);
   if (size < 0) {
     snprintf (err, errlen, "export '%s': %s", exportname, nbd_get_error ());
     disconnect (h);
-    return CMD_UNREACHABLE;
+    return CMD_LOST;
+  }
+  if (size > 0 && size <= 4 * 1024 * 1024 &&
+      nbd_pread (h, buf1, 1, 0, 0) == -1) {
+    snprintf (err, errlen, "reading the result of '%s': %s", exportname,
+              nbd_get_error ());
+    disconnect (h);
+    return CMD_LOST;
   }
   /* A plugin that ignores export names serves its disk under any name:
    * that is no command result (they are small and start with '{').
    */
-  if (size > 4 * 1024 * 1024 ||
-      (size > 0 && (nbd_pread (h, buf1, 1, 0, 0) == -1 || buf1[0] != '{'))) {
+  if (size > 4 * 1024 * 1024 || (size > 0 && buf1[0] != '{')) {
     snprintf (err, errlen, "export '%s' is not a command of an nbdsnap "
               "filter (its content is not a JSON result)", exportname);
     disconnect (h);
@@ -182,16 +191,17 @@ run_command (const char *uri, const char *exportname, struct result *res,
   }
   buf = malloc (size + 1);
   if (buf == NULL) {
-    snprintf (err, errlen, "out of memory");
+    snprintf (err, errlen, "reading the result of '%s': out of memory",
+              exportname);
     disconnect (h);
-    return CMD_UNREACHABLE;
+    return CMD_LOST;
   }
   if (size > 0 && nbd_pread (h, buf, size, 0, 0) == -1) {
     snprintf (err, errlen, "reading the result of '%s': %s", exportname,
               nbd_get_error ());
     free (buf);
     disconnect (h);
-    return CMD_UNREACHABLE;
+    return CMD_LOST;
   }
   buf[size] = '\0';
   disconnect (h);

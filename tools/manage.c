@@ -42,6 +42,10 @@ do_command (const char *uri, const char *exportname, const char *filter,
                  "loaded in this server?): %s", exportname, filter, err);
   case CMD_INVALID:
     return fail (EXIT_FAILED, "%s", err);
+  case CMD_LOST:
+    return fail (EXIT_FAILED, "'%s' ran on the server, but its result "
+                 "was lost (%s): what it did is unknown; look with the "
+                 "list command", exportname, err);
   }
   if (opt_json) {
     len = strlen (res->text);

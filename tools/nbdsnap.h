@@ -129,6 +129,10 @@ enum command_status {
   CMD_REFUSED,                  /* it refused the export, or served no
                                  * command result (no such filter) */
   CMD_INVALID,                  /* its result is not a valid result */
+  CMD_LOST,                     /* the export was opened, so the command
+                                 * ran, but its result could not be read
+                                 * (out of memory, connection lost): what
+                                 * it did is unknown */
 };
 /* Run a command export once: open it (which runs the command), read all
  * of it, close, parse.  CMD_DONE fills res (result_free it); otherwise

@@ -10,9 +10,11 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "nbdsnap.h"
 #include "repo.h"
@@ -137,7 +139,7 @@ cmd_verify (int argc, char **argv)
   char *pos[2], err[ERRLEN];
   struct repo *r;
   struct verify_out o = { 0 };
-  int n, problems, cleaned;
+  int n, problems, cleaned, verr;
 
   n = parse_args (argc, argv, NULL, NULL, pos, 2);
   if (n < 1)
@@ -154,16 +156,26 @@ cmd_verify (int argc, char **argv)
   if (cleaned > 0)
     msg ("removed %d leftover temporary point(s) of interrupted backups",
          cleaned);
+  else if (cleaned < 0)
+    msg ("%s", err);            /* counted as a problem below */
   if (opt_json)
     printf ("{\"problems_found\":[");
   problems = repo_verify (r, n == 2 ? pos[1] : NULL, verify_report, &o);
+  verr = errno;
   repo_close (r);
+  if (cleaned < 0 && problems >= 0) {
+    if (opt_json) {             /* one more entry of problems_found */
+      printf ("%s", o.lines ? "," : "");
+      json_str (stdout, err);
+    }
+    problems++;
+  }
   if (opt_json) {
     printf ("],\"ok\":%s,\"problems\":%d}\n",
             problems == 0 ? "true" : "false", problems < 0 ? -1 : problems);
   }
   if (problems < 0) {
-    msg ("%s: verification could not run", pos[0]);
+    msg ("%s: verification could not run: %s", pos[0], strerror (verr));
     return EXIT_FAILED;
   }
   if (problems > 0) {

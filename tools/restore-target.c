@@ -62,9 +62,14 @@ write_data (struct restore *R, struct nbd_handle *h, const void *buf,
     }
   }
   /* Write back as we go and keep the page cache small (as nbdcopy
-   * does): the final fsync has little left to do.
+   * does): the final fsync has little left to do.  A writeback error is
+   * a write error: the final fsync would not report it again.
    */
-  writeback_after_write (R->fd, off, len);
+  if (writeback_after_write (R->fd, off, len) == -1) {
+    restore_fail (R, "writing %s (writeback of the range before offset %"
+                  PRIu64 "): %s", R->target, off, strerror (errno));
+    return -1;
+  }
   return 0;
 }
 
@@ -206,41 +211,76 @@ open_target (struct restore *R)
   return EXIT_OK;
 }
 
-/* NBD: flush every connection; a file: fsync, rename, fsync the
- * directory; a device: fsync.
+/* NBD: flush every connection; a file: fsync, close, rename, fsync the
+ * directory; a device: fsync, close.  Every one of these is checked: a
+ * restore whose data may not be on the target never says it is done.
  */
 int
 finish_target (struct restore *R)
 {
-  int i;
+  const char *what = R->kind == T_FILE ? R->tmpname : R->target;
+  int i, fd;
 
   if (R->kind == T_NBD) {
     for (i = 0; i < R->nh; ++i)
       if (nbd_can_flush (R->h[i]) == 1 && nbd_flush (R->h[i], 0) == -1)
-        return fail (EXIT_FAILED, "flushing %s: %s", R->target,
-                     nbd_get_error ());
+        return fail (EXIT_FAILED, "restore of '%s' failed: flushing %s: %s",
+                     R->point, R->target, nbd_get_error ());
     return EXIT_OK;
   }
-  if (fsync (R->fd) == -1 && R->kind == T_FILE)
-    return fail (EXIT_FAILED, "fsync %s: %s", R->tmpname, strerror (errno));
+  if (fsync (R->fd) == -1) {
+    /* A character device such as /dev/null has nothing to make
+     * durable (EINVAL); a block device or a file always does.
+     */
+    if (!(R->kind == T_DEVICE && !R->blkdev && errno == EINVAL))
+      return fail (EXIT_FAILED, "restore of '%s' failed: fsync %s: %s; %s",
+                   R->point, what, strerror (errno),
+                   R->kind == T_FILE ? "the target is unchanged"
+                   : "the data written may not be on the device");
+  }
+  fd = R->fd;
+  R->fd = -1;
+  if (close_written (fd) == -1)
+    return fail (EXIT_FAILED, "restore of '%s' failed: close %s: %s; %s",
+                 R->point, what, strerror (errno),
+                 R->kind == T_FILE ? "the target is unchanged"
+                 : "the data written may not be on the device");
   if (R->kind == T_FILE) {
-    char *d, *dir;
-    int dfd;
+    char *d;
+    int dfd, e = 0;
 
-    if (rename (R->tmpname, R->target) == -1)
-      return fail (EXIT_FAILED, "rename %s to %s: %s", R->tmpname,
-                   R->target, strerror (errno));
+    /* Everything the directory fsync needs comes before the rename:
+     * afterwards nothing can be undone.
+     */
+    d = strdup (R->target);
+    if (d == NULL)
+      return fail (EXIT_FAILED, "restore of '%s' failed: out of memory; "
+                   "the target is unchanged", R->point);
+    dfd = open (dirname (d), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    e = errno;
+    free (d);
+    if (dfd == -1)
+      return fail (EXIT_FAILED, "restore of '%s' failed: cannot open the "
+                   "directory of %s: %s; the target is unchanged", R->point,
+                   R->target, strerror (e));
+    if (rename (R->tmpname, R->target) == -1) {
+      e = errno;
+      close (dfd);
+      return fail (EXIT_FAILED, "restore of '%s' failed: rename %s to %s: "
+                   "%s; the target is unchanged", R->point, R->tmpname,
+                   R->target, strerror (e));
+    }
     free (R->tmpname);
     R->tmpname = NULL;
-    if ((d = strdup (R->target)) != NULL) {
-      dir = dirname (d);
-      dfd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (dfd >= 0) {
-        fsync (dfd);
-        close (dfd);
-      }
-      free (d);
-    }
+    /* The new file is in place (the old one is gone): if its directory
+     * entry cannot be made durable, say so.
+     */
+    e = fsync (dfd) == -1 ? errno : 0;
+    close (dfd);
+    if (e)
+      return fail (EXIT_FAILED, "restore of '%s': %s is in place, but its "
+                   "directory could not be synced (%s): it may not survive "
+                   "a crash", R->point, R->target, strerror (e));
   }
   return EXIT_OK;
 }
@@ -263,7 +303,9 @@ close_target (struct restore *R)
     R->fd = -1;
   }
   if (R->tmpname) {             /* not renamed: remove it */
-    unlink (R->tmpname);
+    if (unlink (R->tmpname) == -1 && errno != ENOENT)
+      msg ("warning: could not remove the temporary file %s: %s; remove "
+           "it by hand", R->tmpname, strerror (errno));
     free (R->tmpname);
     R->tmpname = NULL;
   }

@@ -204,6 +204,10 @@ do_restore (struct restore *R)
   if (wk == NULL)
     return fail (EXIT_FAILED, "out of memory");
   R->pg = progress_start (R->show_progress, "restore", R->size);
+  if (R->pg == NULL) {
+    free (wk);
+    return fail (EXIT_FAILED, "out of memory");
+  }
   for (i = 0; i < nthreads; ++i) {
     wk[i].R = R;
     wk[i].h = R->kind == T_NBD ? R->h[i % R->nh] : NULL;
