@@ -58,6 +58,8 @@ _run_cleanup ()
     for ((i = ${#_cleanup_fns[@]} - 1; i >= 0; i--)); do
         eval "${_cleanup_fns[i]}"
     done
+    _sanitizer_check
+    _rm_tmpdir
     exit "$status"
 }
 trap _run_cleanup EXIT
@@ -91,6 +93,7 @@ requires ()
 }
 
 # ------------------------------------------------------------------ tmpdir
+# Removed last, after every cleanup_fn and the sanitizer check.
 tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/nbdsnap-$testname.XXXXXX")
 _rm_tmpdir ()
 {
@@ -100,7 +103,79 @@ _rm_tmpdir ()
         rm -rf "$tmpdir"
     fi
 }
-cleanup_fn _rm_tmpdir
+
+# ------------------------------------------------------------ sanitizers
+# In a build configured with --enable-sanitizers (ASan + UBSan) or
+# --enable-tsan, $NBDSNAP_SANITIZER is asan or tsan (tests/sanitizer.sh,
+# made by configure), and:
+#  - tests/bin comes first on PATH: its nbdkit preloads the sanitizer
+#    runtime into nbdkit (which is not instrumented) and nothing else;
+#    nbdsnap and the unit tests are instrumented themselves;
+#  - every report of every process goes to $tmpdir/sanitizer.PID, and
+#    fails the test whatever its exit status (a report of a server the
+#    test killed, of a tool whose exit status it ignored...); an error
+#    aborts the process at once;
+#  - leaks are reported at exit (ASan's LeakSanitizer) and fail the test
+#    if they are leaks of our code, not nbdkit's or a library's
+#    (tests/sanitizer-reports.py says how it tells); servers still
+#    running at the end of a test get SIGTERM, not SIGKILL, so that
+#    they exit and check;
+#  - tests that preload something that cannot share the process with a
+#    sanitizer runtime (the fault shim, which replaces malloc) or run
+#    valgrind are skipped (77) with a message.
+NBDSNAP_SANITIZER=
+# _sanitizer_check (from _run_cleanup): print every sanitizer report and
+# fail the test (sets _run_cleanup's status).
+_sanitizer_check ()
+{
+    local f reports=()
+    [ -n "$NBDSNAP_SANITIZER" ] || return 0
+    for f in "$tmpdir"/sanitizer.*; do
+        [ -s "$f" ] && reports+=("$f")
+    done
+    [ ${#reports[@]} -gt 0 ] || return 0
+    if ! $PYTHON "$testsdir/sanitizer-reports.py" "$top_srcdir" \
+         "${reports[@]}" >&2; then
+        echo "$testname: FAIL: $NBDSNAP_SANITIZER reported errors (above)" >&2
+        status=1
+    fi
+    return 0
+}
+
+if [ -f "$top_builddir/tests/sanitizer.sh" ]; then
+    . "$top_builddir/tests/sanitizer.sh"
+fi
+export NBDSNAP_SANITIZER
+if [ -n "$NBDSNAP_SANITIZER" ]; then
+    if [ ! -x "$top_builddir/tests/bin/nbdkit" ]; then
+        echo "$testname: ERROR: $top_builddir/tests/bin/nbdkit missing" >&2
+        exit 99
+    fi
+    export PATH=$top_builddir/tests/bin:$PATH
+    _san_log=$tmpdir/sanitizer
+    case $NBDSNAP_SANITIZER in
+    asan)
+        # An error aborts the process (abort_on_error) whatever exitcode
+        # says; exitcode=0 only keeps leaks from changing exit statuses:
+        # leaks are judged from the reports (nbdkit has its own).  The
+        # slow unwinder follows nbdkit's frames (no frame pointers), so
+        # that an allocation our code made through nbdkit is seen as ours.
+        export ASAN_OPTIONS="log_path=$_san_log:detect_leaks=1:exitcode=0:abort_on_error=1:allocator_may_return_null=1:fast_unwind_on_malloc=0"
+        export LSAN_OPTIONS="suppressions=$top_srcdir/tests/lsan.supp:print_suppressions=0"
+        export UBSAN_OPTIONS="log_path=$_san_log:print_stacktrace=1:halt_on_error=1:abort_on_error=1"
+        ;;
+    tsan)
+        export TSAN_OPTIONS="log_path=$_san_log:second_deadlock_stack=1:suppressions=$top_srcdir/tests/tsan.supp:print_suppressions=0"
+        ;;
+    esac
+    # Which tests cannot run here: a line (not a comment) that uses the
+    # fault shim or valgrind.
+    if grep -Eq '^[^#]*(\$\{?FAULTINJECT|\bvalgrind\b)' "$0"; then
+        echo "$testname: SKIP: uses the fault shim or valgrind, which cannot share a process with the $NBDSNAP_SANITIZER runtime (run it in a plain build)" >&2
+        exit 77
+    fi
+fi
+
 
 # Background processes whose pid is in $tmpdir/*.bgpid are killed on exit
 # (servers started by python helpers write theirs there too).
@@ -231,7 +306,19 @@ _start_server ()
 
 _stop_all_servers ()
 {
-    local name
+    local name i
+    if [ -n "$NBDSNAP_SANITIZER" ]; then
+        # Let them exit (and report leaks): SIGTERM, 10 s, then SIGKILL.
+        for name in "${!_srv_pid[@]}"; do
+            kill -TERM "${_srv_pid[$name]}" 2>/dev/null
+        done
+        for name in "${!_srv_pid[@]}"; do
+            for ((i = 0; i < 200; i++)); do
+                kill -0 "${_srv_pid[$name]}" 2>/dev/null || break
+                sleep 0.05
+            done
+        done
+    fi
     for name in "${!_srv_pid[@]}"; do
         kill -9 "${_srv_pid[$name]}" 2>/dev/null
         wait "${_srv_pid[$name]}" 2>/dev/null
