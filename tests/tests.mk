@@ -76,4 +76,5 @@ TESTS = \
 	tests/test-snapshot-strays.sh \
 	tests/test-snapshot-tree.sh \
 	tests/test-snapshot-unaligned.sh \
-	tests/test-snapshot-views.sh
+	tests/test-snapshot-views.sh \
+	tests/test-stack-stress.sh
