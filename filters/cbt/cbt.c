@@ -36,6 +36,7 @@ struct handle {
 
 static struct tracker_config cfg = { .sync = CBT_SYNC_FLUSH };
 static unsigned policy = POLICY_DEFAULT;
+static unsigned below;          /* nbdsnap filters below (stack.h) */
 /* The disk whose history the bitmaps hold (filters/common/diskname.h). */
 static struct disk_name disk = DISK_NAME_INIT;
 
@@ -111,7 +112,7 @@ cbt_unload (void)
 static int
 cbt_get_ready (int thread_model)
 {
-  stack_get_ready (STACK_CBT);   /* for the nbdsnap filters above */
+  below = stack_get_ready (STACK_CBT);
   return tracker_start (&cfg);
 }
 
@@ -177,6 +178,8 @@ open_pass (nbdkit_next_open *next, nbdkit_context *nxdata, int readonly,
   bool revert;
   int r;
 
+  if (stack_check_pass (below, exportname, "cbt") == -1)
+    return -1;
   revert = export_name_parse (exportname, "snapshot", &sn, why,
                               sizeof why) == EXPORT_VERB &&
     strcmp (sn.verb, "revert") == 0 && sn.nargs >= 1 &&

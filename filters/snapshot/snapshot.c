@@ -35,6 +35,7 @@ struct handle {
 
 static struct store_config cfg;
 static unsigned policy = POLICY_DEFAULT;
+static unsigned below;          /* nbdsnap filters below (stack.h) */
 static nbdkit_backend *backend;         /* for store_ready in .open */
 
 /* Take our parameters; pass the others down. */
@@ -102,7 +103,7 @@ snapshot_unload (void)
 static int
 snapshot_get_ready (int thread_model)
 {
-  stack_get_ready (STACK_SNAPSHOT);   /* for the nbdsnap filters above */
+  below = stack_get_ready (STACK_SNAPSHOT);
   return store_start (&cfg);
 }
 
@@ -198,11 +199,12 @@ snapshot_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     goto err;
 
   case EXPORT_OTHER:
-    /* For a filter below us; the handshake in .prepare checks that
-     * somebody there understood it.
+    /* For an nbdsnap filter below us (never for the plugin); the
+     * handshake in .prepare checks that it understood the name.
      */
     h->fh.kind = PASS;
-    if (next (nxdata, 1, exportname) == -1)
+    if (stack_check_pass (below, exportname, "snapshot") == -1 ||
+        next (nxdata, 1, exportname) == -1)
       goto err;
     return h;
 
