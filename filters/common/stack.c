@@ -1,35 +1,55 @@
 /* nbdsnap filters: which nbdsnap filters are below this one (stack.h). */
 #include <config.h>
 
+#include <dlfcn.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <nbdkit-filter.h>
 
 #include "stack.h"
 
-/* Exported on purpose (every other symbol of a filter is hidden): all
- * loaded nbdsnap filters share the first definition.
- */
-__attribute__ ((visibility ("default")))
-unsigned nbdsnap_filters_ready;
+static int self_ready;          /* this filter's .get_ready has run */
+
+int
+stack_self_ready (void)
+{
+  return __atomic_load_n (&self_ready, __ATOMIC_ACQUIRE);
+}
+
+static const struct { const char *name; unsigned bit; } known[] = {
+  { "snapshot", STACK_SNAPSHOT }, { "cbt", STACK_CBT },
+  { "freeze", STACK_FREEZE },
+};
+#define NKNOWN (sizeof known / sizeof known[0])
 
 unsigned
 stack_get_ready (unsigned me)
 {
-  return __atomic_fetch_or (&nbdsnap_filters_ready, me, __ATOMIC_ACQ_REL)
-    & ~me;
+  unsigned below = 0;
+  size_t i;
+
+  for (i = 0; i < NKNOWN; ++i) {
+    char sym[64];
+    int (*ready) (void);
+
+    if (known[i].bit == me)
+      continue;
+    snprintf (sym, sizeof sym, "nbdsnap_ready_%s", known[i].name);
+    *(void **) &ready = dlsym (RTLD_DEFAULT, sym);
+    if (ready && ready ())
+      below |= known[i].bit;
+  }
+  __atomic_store_n (&self_ready, 1, __ATOMIC_RELEASE);
+  return below;
 }
 
 int
 stack_check_pass (unsigned below, const char *exportname, const char *filter)
 {
-  static const struct { const char *name; unsigned bit; } known[] = {
-    { "snapshot", STACK_SNAPSHOT }, { "cbt", STACK_CBT },
-    { "freeze", STACK_FREEZE },
-  };
   size_t n = strcspn (exportname + 1, ":/"), i;
 
-  for (i = 0; i < sizeof known / sizeof known[0]; ++i)
+  for (i = 0; i < NKNOWN; ++i)
     if (strlen (known[i].name) == n &&
         strncmp (exportname + 1, known[i].name, n) == 0 &&
         (below & known[i].bit))

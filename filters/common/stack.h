@@ -8,9 +8,11 @@
  * .get_ready from the plugin outwards, so the filters recorded before a
  * filter's own .get_ready are exactly the nbdsnap filters below it.
  *
- * The record is one process-wide word shared by every nbdsnap filter
- * loaded (the one symbol they export; nbdkit loads filters with
- * RTLD_GLOBAL, so all of them bind to the first copy).
+ * Each filter exports one function of its own, nbdsnap_ready_FILTER
+ * (STACK_EXPORT below; every other symbol of a filter is hidden), that
+ * says whether its .get_ready has run; nbdkit loads filters with
+ * RTLD_GLOBAL, so the others find it with dlsym.  (One shared variable
+ * defined by every filter would do as well, but is an ODR violation.)
  */
 #ifndef NBDSNAP_STACK_H
 #define NBDSNAP_STACK_H
@@ -25,6 +27,16 @@
  * return the nbdsnap filters below it (a mask of STACK_* bits).
  */
 unsigned stack_get_ready (unsigned me);
+
+/* Has this filter's .get_ready run (for STACK_EXPORT)? */
+int stack_self_ready (void);
+
+/* In the filter called name (snapshot, cbt, freeze): the function the
+ * other filters look up.
+ */
+#define STACK_EXPORT(name)                                              \
+  __attribute__ ((visibility ("default"))) int nbdsnap_ready_##name (void); \
+  int nbdsnap_ready_##name (void) { return stack_self_ready (); }
 
 /* exportname is an @name for another filter: is that filter one of the
  * nbdsnap filters below (the mask stack_get_ready returned)?  If not,

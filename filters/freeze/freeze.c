@@ -40,6 +40,7 @@ static unsigned policy = POLICY_DEFAULT;
 static nbdkit_backend *backend;
 static struct disk_name disk = DISK_NAME_INIT;
 static unsigned below;          /* nbdsnap filters below (stack.h) */
+STACK_EXPORT (freeze)
 
 static void
 freeze_unload (void)
