@@ -54,7 +54,8 @@ writer_write_index (struct repo_writer *w)
       goto err;
     }
   }
-  qsort (w->pairs, w->npairs, sizeof *w->pairs, compare_pair);
+  if (w->npairs > 1)            /* pairs is NULL when there is none */
+    qsort (w->pairs, w->npairs, sizeof *w->pairs, compare_pair);
   for (i = 0; i < w->npairs; ++i)
     if (i + 1 == w->npairs || w->pairs[i + 1].block != w->pairs[i].block)
       count++;

@@ -357,7 +357,8 @@ repo_list (struct repo *r, struct repo_point_info **out, size_t *n,
 
   if (manifest_all (r, &a, &cnt, false, err, errlen) == -1)
     return -1;
-  qsort (a, cnt, sizeof *a, compare_manifest);
+  if (cnt > 1)                  /* a is NULL when there is none */
+    qsort (a, cnt, sizeof *a, compare_manifest);
   info = calloc (cnt ? cnt : 1, sizeof *info);
   if (info == NULL) {
     free (a);
