@@ -35,7 +35,7 @@ packages=(
     libgnutls28-dev libzstd-dev libjson-c-dev qemu-utils fio
     autoconf automake libtool pkg-config make gcc perl
     valgrind e2fsprogs
-    clang libclang-rt-14-dev
+    clang libclang-rt-14-dev git
 )
 
 missing=()
@@ -115,7 +115,7 @@ case "$action" in
             e=$(sed -n 's/^# ERROR: *//p' test-suite.log)
             echo "${p:-0} passed, $(( ${f:-0} + ${e:-0} )) failed, ${s:-0} skipped"
         }
-        if make check </dev/null; then
+        if make check -j"$(nproc)" </dev/null; then
             say "all tests passed"
             summary
             exit 0
