@@ -89,7 +89,14 @@ fh_export_description (nbdkit_next *next, void *handle)
 
   if ((fh->kind == LIVE || fh->kind == PASS) && next)
     return next->export_description (next);
-  return nbdkit_strdup_intern (fh->desc);
+  /* fh->desc lives as long as the handle, which is what nbdkit asks.
+   * Not nbdkit_strdup_intern: in nbdkit 1.32 a string interned in a
+   * shared context (nbdkit_next_context_open with shared=1, as the
+   * freeze filter opens the cbt change maps) goes to a global list
+   * that has no lock, so two connections doing it at once corrupt the
+   * heap (ASan: double free in add_intern's realloc).
+   */
+  return fh->desc;
 }
 
 int
