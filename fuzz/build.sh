@@ -26,6 +26,7 @@ harnesses=(
   "kvtext      fuzz/fuzz-kvtext.c common/kvtext.c common/statefile.c common/fileio.c"
   "binhdr      fuzz/fuzz-binhdr.c common/binhdr.c common/statefile.c common/fileio.c"
   "jsonread    fuzz/fuzz-jsonread.c tools/jsonread.c"
+  "repo        fuzz/fuzz-repo.c $(cd "$src" && echo repo/*.c) common/kvtext.c common/statefile.c common/fileio.c common/exportname.c"
 )
 [ -f "$src/fuzz/harnesses.extra" ] && mapfile -t -O ${#harnesses[@]} harnesses < "$src/fuzz/harnesses.extra"
 
