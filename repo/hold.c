@@ -25,9 +25,11 @@
 
 #include "repo-internal.h"
 
-int
-point_hold (struct repo *r, const char *point, int *fdp, char *err,
-            size_t errlen)
+/* Open points/POINT (a directory: what hold and claim lock).  -1 after
+ * seterr.
+ */
+static int
+open_point_dir (struct repo *r, const char *point, char *err, size_t errlen)
 {
   int fd = openat (r->pointsfd, point, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
 
@@ -37,8 +39,18 @@ point_hold (struct repo *r, const char *point, int *fdp, char *err,
               r->dir);
     else
       seterr (err, errlen, "cannot open %s/points/%s: %m", r->dir, point);
-    return -1;
   }
+  return fd;
+}
+
+int
+point_hold (struct repo *r, const char *point, int *fdp, char *err,
+            size_t errlen)
+{
+  int fd = open_point_dir (r, point, err, errlen);
+
+  if (fd == -1)
+    return -1;
   /* Under the points/ lock nobody holds it exclusively (delete and
    * merge claim points only under that lock): never blocks.
    */
@@ -94,16 +106,10 @@ int
 point_claim (struct repo *r, const char *point, const char *why, int *fdp,
              char *err, size_t errlen)
 {
-  int fd = openat (r->pointsfd, point, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  int fd = open_point_dir (r, point, err, errlen);
 
-  if (fd == -1) {
-    if (errno == ENOENT)
-      seterr (err, errlen, "restore point %s does not exist in %s", point,
-              r->dir);
-    else
-      seterr (err, errlen, "cannot open %s/points/%s: %m", r->dir, point);
+  if (fd == -1)
     return -1;
-  }
   while (flock (fd, LOCK_EX|LOCK_NB) == -1) {
     int e = errno;
     long pid;

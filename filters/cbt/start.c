@@ -169,29 +169,6 @@ load_bitmaps (uint64_t old_size, const struct saved_state *st)
   return 0;
 }
 
-/* The size of the disk below, exportname of backend.  -1 after
- * nbdkit_error.  (A shared context: a plugin that asks nbdkit for the
- * export name sees none, which is the default export.)
- */
-static int64_t
-probe_size (nbdkit_backend *backend, const char *exportname)
-{
-  nbdkit_next *next = nbdkit_next_context_open (backend, 1, exportname, 1);
-  int64_t size = -1;
-
-  if (next != NULL) {
-    if (next->prepare (next) == 0) {
-      size = next->get_size (next);
-      next->finalize (next);
-    }
-    nbdkit_next_context_close (next);
-  }
-  if (size == -1)
-    nbdkit_error ("cbt: cannot get the size of the disk below (export "
-                  "\"%s\")", exportname);
-  return size;
-}
-
 /* Start the tracker, the part that needs no plugin (section 6.1 steps
  * 1, 2 and 4).  -1 after nbdkit_error.
  */
@@ -239,7 +216,7 @@ tracker_after_fork (nbdkit_backend *backend, const char *exportname)
   int64_t size;
   int r;
 
-  size = probe_size (backend, exportname);
+  size = disk_below_size_of (backend, exportname, "cbt");
   if (size == -1)
     return -1;
   if (T.have_state) {
