@@ -9,7 +9,6 @@
 # Adds: $CBT_FILTER (also $C), cbt_ok / cbt_err / cbt_list / cbt_names,
 # changed_blocks, and the python helper module tests/model-cbt.py.
 
-: "${CBT_FILTER:=$top_builddir/filters/cbt/.libs/nbdkit-cbt-filter.so}"
 export CBT_FILTER
 C=$CBT_FILTER
 if [ ! -f "$CBT_FILTER" ]; then

@@ -28,8 +28,14 @@ PYTHON=/usr/bin/python3
 : "${top_srcdir:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 : "${top_builddir:=$top_srcdir}"
 : "${SNAPSHOT_FILTER:=$top_builddir/filters/snapshot/.libs/nbdkit-snapshot-filter.so}"
+: "${CBT_FILTER:=$top_builddir/filters/cbt/.libs/nbdkit-cbt-filter.so}"
+: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
+: "${BACKUP_PLUGIN:=$top_builddir/plugins/backup/.libs/nbdkit-backup-plugin.so}"
+: "${NBDSNAP:=$top_builddir/tools/nbdsnap}"
+: "${FAULTINJECT:=$top_builddir/tests/.libs/libfaultinject.so}"
 testsdir=$top_srcdir/tests
-export top_srcdir top_builddir SNAPSHOT_FILTER testsdir
+export top_srcdir top_builddir SNAPSHOT_FILTER CBT_FILTER FREEZE_FILTER \
+       BACKUP_PLUGIN NBDSNAP testsdir
 testname=$(basename "$0" .sh)
 F=$SNAPSHOT_FILTER
 
@@ -90,6 +96,20 @@ requires ()
     if ! "$@" >/dev/null 2>&1; then
         skip "requires: $*"
     fi
+}
+
+# require_built VAR...: the test is an error (99) unless the file each
+# variable names (CBT_FILTER, FREEZE_FILTER, BACKUP_PLUGIN, NBDSNAP,
+# FAULTINJECT...) is built.
+require_built ()
+{
+    local v
+    for v; do
+        [ -f "${!v}" ] || {
+            echo "$testname: ERROR: not built: ${!v} (\$$v)" >&2
+            exit 99
+        }
+    done
 }
 
 # ------------------------------------------------------------------ tmpdir
@@ -170,7 +190,7 @@ if [ -n "$NBDSNAP_SANITIZER" ]; then
     esac
     # Which tests cannot run here: a line (not a comment) that uses the
     # fault shim or valgrind.
-    if grep -Eq '^[^#]*(\$\{?FAULTINJECT|nbdsnap-faults\.sh|\bvalgrind\b)' "$0"; then
+    if grep -Eq '^[^#]*(\bFAULTINJECT\b|nbdsnap-faults\.sh|\bvalgrind\b)' "$0"; then
         echo "$testname: SKIP: uses the fault shim or valgrind, which cannot share a process with the $NBDSNAP_SANITIZER runtime (run it in a plain build)" >&2
         exit 77
     fi

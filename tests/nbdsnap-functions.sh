@@ -14,13 +14,7 @@
 #   restore_all REPO        every listed point restores and equals
 #                           $tmpdir/exp-NAME.img (cmp)
 
-: "${CBT_FILTER:=$top_builddir/filters/cbt/.libs/nbdkit-cbt-filter.so}"
-: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
-: "${NBDSNAP:=$top_builddir/tools/nbdsnap}"
-: "${FAULTINJECT:=$top_builddir/tests/.libs/libfaultinject.so}"
-for f in "$CBT_FILTER" "$FREEZE_FILTER" "$NBDSNAP" "$FAULTINJECT"; do
-    [ -f "$f" ] || { echo "$testname: ERROR: not built: $f" >&2; exit 99; }
-done
+require_built CBT_FILTER FREEZE_FILTER NBDSNAP FAULTINJECT
 N=$NBDSNAP
 
 status ()

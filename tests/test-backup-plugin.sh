@@ -21,13 +21,7 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${BACKUP_PLUGIN:=$top_builddir/plugins/backup/.libs/nbdkit-backup-plugin.so}"
-: "${NBDSNAP:=$top_builddir/tools/nbdsnap}"
-: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
-: "${CBT_FILTER:=$top_builddir/filters/cbt/.libs/nbdkit-cbt-filter.so}"
-for f in "$BACKUP_PLUGIN" "$FREEZE_FILTER" "$CBT_FILTER"; do
-    [ -f "$f" ] || { echo "$testname: ERROR: not built: $f" >&2; exit 99; }
-done
+require_built BACKUP_PLUGIN FREEZE_FILTER CBT_FILTER
 requires "$NBDSNAP" --version
 requires nbdcopy --version
 requires nbdinfo --version

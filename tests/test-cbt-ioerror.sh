@@ -28,8 +28,7 @@
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$testsdir/cbt-functions.sh"
 
-: "${FAULTINJECT:=$top_builddir/tests/.libs/libfaultinject.so}"
-[ -f "$FAULTINJECT" ] || { echo "$testname: ERROR: fault shim not built" >&2; exit 99; }
+require_built FAULTINJECT
 
 G=65536
 img=$tmpdir/disk.img

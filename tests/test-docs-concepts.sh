@@ -4,10 +4,6 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${CBT_FILTER:=$top_builddir/filters/cbt/.libs/nbdkit-cbt-filter.so}"
-: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
-: "${BACKUP_PLUGIN:=$top_builddir/plugins/backup/.libs/nbdkit-backup-plugin.so}"
-: "${NBDSNAP:=$top_builddir/tools/nbdsnap}"
 export CBT_FILTER FREEZE_FILTER BACKUP_PLUGIN NBDSNAP
 cleanup_fn sh -c "[ -s '$tmpdir/disk.pid' ] && kill \$(cat '$tmpdir/disk.pid') 2>/dev/null; true"
 cd "$tmpdir"

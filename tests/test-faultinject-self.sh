@@ -5,8 +5,7 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${FAULTINJECT:=$top_builddir/tests/.libs/libfaultinject.so}"
-[ -f "$FAULTINJECT" ] || { echo "$testname: ERROR: fault shim not built" >&2; exit 99; }
+require_built FAULTINJECT
 fi_run () { env LD_PRELOAD="$FAULTINJECT" "$@"; }
 
 d=$tmpdir/d; mkdir "$d"
@@ -58,7 +57,6 @@ if fi_run FI_CALLS=fsync FI_PATH="$d/" FI_NTH=1 FI_ARM="$tmpdir/armed" \
 fi
 
 # Allocations: only those made by the named object are considered.
-: "${CBT_FILTER:=$top_builddir/filters/cbt/.libs/nbdkit-cbt-filter.so}"
 mkdir "$tmpdir/cbt1" "$tmpdir/cbt2"
 fi_run FI_CALLS=malloc FI_OBJ=no-such-object FI_LOG="$tmpdir/log7" \
     nbdkit -U - --filter="$CBT_FILTER" memory 1M cbt-dir="$tmpdir/cbt1" \

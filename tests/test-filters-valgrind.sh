@@ -6,7 +6,6 @@
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
 requires valgrind --version
-: "${CBT_FILTER:=$top_builddir/filters/cbt/.libs/nbdkit-cbt-filter.so}"
 [ -f "$CBT_FILTER" ] || fail "cbt filter not built: $CBT_FILTER"
 memory=$(nbdkit --dump-config | sed -n 's/^plugindir=//p')/nbdkit-memory-plugin.so
 [ -f "$memory" ] || skip "no memory plugin"

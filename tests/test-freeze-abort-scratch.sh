@@ -10,10 +10,8 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
-: "${FAULTINJECT:=$top_builddir/tests/.libs/libfaultinject.so}"
-[ -f "$FREEZE_FILTER" ] || { echo "$testname: ERROR: freeze filter not built" >&2; exit 99; }
-[ -f "$FAULTINJECT" ] || { echo "$testname: ERROR: fault shim not built" >&2; exit 99; }
+require_built FREEZE_FILTER
+require_built FAULTINJECT
 
 fz=$tmpdir/fz
 mkdir "$fz"

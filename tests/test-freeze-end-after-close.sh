@@ -12,10 +12,8 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
-: "${FAULTINJECT:=$top_builddir/tests/.libs/libfaultinject.so}"
-[ -f "$FREEZE_FILTER" ] || { echo "$testname: ERROR: freeze filter not built" >&2; exit 99; }
-[ -f "$FAULTINJECT" ] || { echo "$testname: ERROR: fault shim not built" >&2; exit 99; }
+require_built FREEZE_FILTER
+require_built FAULTINJECT
 
 LD_PRELOAD=$FAULTINJECT FI_CALLS=close FI_PATH=socket: FI_DELAY=500 \
 FI_DELAY_AFTER=1 \

@@ -8,8 +8,7 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
-[ -f "$FREEZE_FILTER" ] || { echo "$testname: ERROR: freeze filter not built: $FREEZE_FILTER" >&2; exit 99; }
+require_built FREEZE_FILTER
 Z=$FREEZE_FILTER
 
 start_server srv --filter="$Z" memory 1M freeze-dir="$tmpdir" freeze-block-size=4K

@@ -18,8 +18,7 @@
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$testsdir/cbt-functions.sh"
 
-: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
-[ -f "$FREEZE_FILTER" ] || { echo "$testname: ERROR: freeze filter not built: $FREEZE_FILTER" >&2; exit 99; }
+require_built FREEZE_FILTER
 Z=$FREEZE_FILTER
 requires nbdcopy --version
 requires nbdinfo --version

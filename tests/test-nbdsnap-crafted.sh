@@ -14,8 +14,7 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$testsdir/nbdsnap-functions.sh"
-: "${BACKUP_PLUGIN:=$top_builddir/plugins/backup/.libs/nbdkit-backup-plugin.so}"
-[ -f "$BACKUP_PLUGIN" ] || { echo "$testname: ERROR: not built: $BACKUP_PLUGIN" >&2; exit 99; }
+require_built BACKUP_PLUGIN
 requires nbdcopy --version
 
 craft () { $PYTHON "$testsdir/craft-repo.py" "$@"; }

@@ -19,13 +19,7 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${CBT_FILTER:=$top_builddir/filters/cbt/.libs/nbdkit-cbt-filter.so}"
-: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
-: "${BACKUP_PLUGIN:=$top_builddir/plugins/backup/.libs/nbdkit-backup-plugin.so}"
-: "${NBDSNAP:=$top_builddir/tools/nbdsnap}"
-for f in "$CBT_FILTER" "$FREEZE_FILTER" "$BACKUP_PLUGIN" "$NBDSNAP"; do
-    [ -f "$f" ] || { echo "$testname: ERROR: not built: $f" >&2; exit 99; }
-done
+require_built CBT_FILTER FREEZE_FILTER BACKUP_PLUGIN NBDSNAP
 requires nbdcopy --version
 requires qemu-img --version
 requires nbdkit --filter=delay null --dump-plugin

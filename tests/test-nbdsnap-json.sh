@@ -20,8 +20,7 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${NBDSNAP:=$top_builddir/tools/nbdsnap}"
-[ -f "$NBDSNAP" ] || { echo "$testname: ERROR: not built: $NBDSNAP" >&2; exit 99; }
+require_built NBDSNAP
 requires nbdkit sh --dump-plugin
 N=$NBDSNAP
 export LC_ALL=C.UTF-8

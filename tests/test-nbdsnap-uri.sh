@@ -10,12 +10,7 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${CBT_FILTER:=$top_builddir/filters/cbt/.libs/nbdkit-cbt-filter.so}"
-: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
-: "${NBDSNAP:=$top_builddir/tools/nbdsnap}"
-for f in "$CBT_FILTER" "$FREEZE_FILTER" "$NBDSNAP"; do
-    [ -f "$f" ] || { echo "$testname: ERROR: not built: $f" >&2; exit 99; }
-done
+require_built CBT_FILTER FREEZE_FILTER NBDSNAP
 nbdkit --dump-config | grep -qx 'tls=yes' || skip "nbdkit has no TLS"
 $PYTHON -c 'import nbd, sys; sys.exit(not nbd.NBD().supports_tls())' ||
     skip "libnbd has no TLS"

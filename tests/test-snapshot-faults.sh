@@ -17,8 +17,7 @@
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${FAULTINJECT:=$top_builddir/tests/.libs/libfaultinject.so}"
-[ -f "$FAULTINJECT" ] || { echo "$testname: ERROR: fault shim not built" >&2; exit 99; }
+require_built FAULTINJECT
 export FAULTINJECT F tmpdir
 
 io=pwrite,write,fdatasync,fsync,rename,open,ftruncate,fallocate

@@ -32,12 +32,7 @@ fi
 export TEST_TIMEOUT
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
-: "${CBT_FILTER:=$top_builddir/filters/cbt/.libs/nbdkit-cbt-filter.so}"
-: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
-: "${NBDSNAP:=$top_builddir/tools/nbdsnap}"
-for f in "$CBT_FILTER" "$FREEZE_FILTER" "$NBDSNAP"; do
-    [ -f "$f" ] || { echo "$testname: ERROR: not built: $f" >&2; exit 99; }
-done
+require_built CBT_FILTER FREEZE_FILTER NBDSNAP
 requires nbdcopy --version
 requires nbdkit file --dump-plugin
 
