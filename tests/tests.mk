@@ -49,6 +49,7 @@ TESTS = \
 	tests/test-nbdsnap-manage.sh \
 	tests/test-nbdsnap-restore-blockdev.sh \
 	tests/test-nbdsnap-sync.sh \
+	tests/test-nbdsnap-until.sh \
 	tests/test-nbdsnap-uri.sh \
 	tests/test-snapshot-badnames.sh \
 	tests/test-snapshot-badparams.sh \
