@@ -12,6 +12,7 @@ TESTS = \
 	tests/test-cbt-enomem.sh \
 	tests/test-cbt-faults.sh \
 	tests/test-cbt-grow.sh \
+	tests/test-cbt-instant.sh \
 	tests/test-cbt-ioerror.sh \
 	tests/test-cbt-model.sh \
 	tests/test-cbt-onedisk.sh \
