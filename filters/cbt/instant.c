@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <json-c/json.h>
 #include <nbdkit-filter.h>
@@ -144,6 +145,7 @@ tracker_cmd_create_snapshot (struct command *cmd, const char *name,
   {
     /* The instant: from here until the snapshot is made, no write. */
     GATE_HOLD_FOR_CURRENT_SCOPE (&T.gate);
+    c->created = time (NULL);   /* the instant, as the snapshot's time */
     {
       ACQUIRE_WRLOCK_FOR_CURRENT_SCOPE (&T.rw);
       if (failure_check_command (&T.fail, cmd) == -1)
