@@ -85,6 +85,20 @@ expect_exit 1 "'B3' \(--since\) is newer than checkpoint 'B2'" \
 expect_exit 1 "no repository there" \
     "$N" backup "$U" "$tmpdir/none" --since B1 --until B2
 [ ! -e "$tmpdir/none" ] || fail "a refused backup made a repository"
+# snapshot create --checkpoint: both or neither.
+expect_exit 1 "checkpoint 'B3' already exists" \
+    "$N" snapshot create "$U" B3 --checkpoint
+"$N" snapshot create "$U" taken >/dev/null
+expect_exit 1 "so checkpoint 'taken' was not made either: snapshot 'taken' already exists" \
+    "$N" snapshot create "$U" taken --checkpoint
+[ "$(checkpoints "$U")" = "B1 B2 B3 B4" ] || fail "checkpoints: $(checkpoints "$U")"
+# A server without the cbt filter cannot say which blocks, nor make both.
+start_server nocbt --filter="$F" memory 32K snapshot-dir="$tmpdir/snap2"
+"$N" snapshot create "$(uri nocbt)" B1 >/dev/null
+expect_exit 1 "needs the cbt filter" \
+    "$N" backup "$(uri nocbt)" "$tmpdir/repo3" --until B1
+expect_exit 1 "" "$N" snapshot create "$(uri nocbt)" B2 --checkpoint
+[ ! -e "$tmpdir/repo3" ] || fail "a refused backup made a repository"
 [ "$(points "$R")" = "B1 B2 B3" ] || fail "points: $(points "$R")"
 no_tmp "$R"
 
