@@ -102,13 +102,56 @@ expect_exit 1 "" "$N" snapshot create "$(uri nocbt)" B2 --checkpoint
 [ "$(points "$R")" = "B1 B2 B3" ] || fail "points: $(points "$R")"
 no_tmp "$R"
 
+# A checkpoint and a snapshot of one name made by two commands, with a
+# write between them, are not one instant: refused, either order.
+"$N" checkpoint create "$U" C6 >/dev/null
+guest "------G-"
+"$N" snapshot create "$U" C6 >/dev/null
+expect_exit 1 "written after the checkpoint and before the snapshot" \
+    "$N" backup "$U" "$R" --since B3 --until C6
+"$N" snapshot create "$U" C7 >/dev/null
+guest "-----H--"
+"$N" checkpoint create "$U" C7 >/dev/null
+expect_exit 1 "written after the snapshot and before the checkpoint" \
+    "$N" backup "$U" "$R" --since B3 --until C7
+[ "$(points "$R")" = "B1 B2 B3" ] || fail "points: $(points "$R")"
+
 # The chain goes on: the interval T3..T4, then a backup of now.
 backup --until B4               # automatic: since the newest point, B3
 json_check "$out" 'j["point"] == "B4"' 'j["parent"] == "B3"' \
     'j["data_blocks"] == 3'
 guest "------FF"
 backup --name now
-json_check "$out" 'j["parent"] == "B4"' 'j["data_blocks"] == 6'   # EE-E-E-- and FF
+json_check "$out" 'j["parent"] == "B4"' 'j["data_blocks"] == 6'   # EE-E-E--, G, H, FF: 0 1 3 5 6 7
 dump srv "" "$tmpdir/exp-now.img"
 restore_all "$R"
+
+# While a writer keeps writing: instants, and backups of them taken a
+# moment later (the changes since checkpoint and snapshot are compared
+# while they grow: no false refusal), restore to the snapshots' bytes.
+start_server busy --filter="$CBT_FILTER" --filter="$F" memory 16M \
+    cbt-dir="$tmpdir/cbt5" snapshot-dir="$tmpdir/snap5" cbt-granularity=64K
+touch "$tmpdir/writing"
+W=$tmpdir/writing NBDSNAP_URI=$(uri busy) $PYTHON -c '
+import os, random, nbd
+h = nbd.NBD(); h.connect_uri(os.environ["NBDSNAP_URI"])
+r = random.Random(5)
+while os.path.exists(os.environ["W"]):
+    h.pwrite(r.randbytes(4096), r.randrange(4096) * 4096)
+h.shutdown()' &
+writer=$!
+bg_register "$writer"
+R5=$tmpdir/repo5
+for i in 1 2 3 4; do
+    "$N" snapshot create "$(uri busy)" P$i --checkpoint >/dev/null
+    sleep 0.3
+    "$N" backup "$(uri busy)" "$R5" --until P$i --no-progress >/dev/null ||
+        fail "backup --until P$i under writes failed"
+    dump busy @snapshot/P$i "$tmpdir/exp-P$i.img"
+done
+rm -f "$tmpdir/writing"
+wait "$writer" || fail "the writer failed"
+[ "$(points "$R5")" = "P1 P2 P3 P4" ] || fail "points: $(points "$R5")"
+cmp -s "$tmpdir/exp-P3.img" "$tmpdir/exp-P4.img" && fail "the writer did not write"
+restore_all "$R5"
 echo "$testname: ok"

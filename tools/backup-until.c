@@ -16,7 +16,9 @@
  *
  *   until_check_server   @cbt:list: NAME exists, is consistent and newer
  *                        than SINCE; @snapshot:list: snapshot NAME exists
- *                        and was made at checkpoint NAME's instant
+ *                        and was made at checkpoint NAME's instant (the
+ *                        creation times, and the changes since both:
+ *                        backup-instant.c)
  *   until_extents        which blocks to copy: the snapshot's extents
  *                        (full) or the change map (incremental)
  */
@@ -102,7 +104,7 @@ find_named (struct result *res, const char *key, const char *name,
  * exists, is consistent and not newer.  *created: until's time.
  */
 static int
-check_checkpoints (struct backup *b, time_t *created)
+check_checkpoints (struct backup *b, time_t *created, uint64_t *gran)
 {
   struct result res;
   struct json_object *u, *s = NULL;
@@ -112,6 +114,8 @@ check_checkpoints (struct backup *b, time_t *created)
 
   if ((r = list_of (b, "@cbt:list", "cbt", &res)) != EXIT_OK)
     return r;
+  jnum (res.root, "granularity", gran);
+  jnum (res.root, "disk_size", &b->size);
   u = find_named (&res, "checkpoints", b->until, &iu);
   if (b->incremental)
     s = find_named (&res, "checkpoints", b->since, &is);
@@ -148,13 +152,15 @@ until_check_server (struct backup *b)
   struct result res;
   struct json_object *s;
   time_t cp_time = -1, snap_time;
+  uint64_t gran = 0, snap_bs = 0;
   size_t at;
   int r;
 
-  if ((r = check_checkpoints (b, &cp_time)) != EXIT_OK)
+  if ((r = check_checkpoints (b, &cp_time, &gran)) != EXIT_OK)
     return r;
   if ((r = list_of (b, "@snapshot:list", "snapshot", &res)) != EXIT_OK)
     return r;
+  jnum (res.root, "block_size", &snap_bs);
   s = find_named (&res, "snapshots", b->until, &at);
   snap_time = s ? parse_time (jstr (s, "created")) : -1;
   result_free (&res);
@@ -171,7 +177,10 @@ until_check_server (struct backup *b)
                  "those of the checkpoint: make both with 'nbdsnap snapshot "
                  "create URI NAME --checkpoint'", b->until, b->until,
                  (long) (snap_time - cp_time));
-  return EXIT_OK;
+  if (gran == 0 || snap_bs == 0 || b->size == 0)
+    return fail (EXIT_FAILED, "the server's lists give no block sizes or "
+                 "disk size");
+  return until_same_instant (b, gran, snap_bs);
 }
 
 int

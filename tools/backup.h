@@ -9,6 +9,8 @@
  *   backup-copy.c     worker threads reading chunks into the repository
  *   backup-until.c    --until: a past instant, from a snapshot made with
  *                     its checkpoint
+ *   backup-instant.c  --until: were that snapshot and checkpoint made at
+ *                     one instant?
  */
 #ifndef NBDSNAP_BACKUP_H
 #define NBDSNAP_BACKUP_H
@@ -127,6 +129,15 @@ int until_check_server (struct backup *b) __attribute__ ((nonnull));
  * backup_fail on failure.
  */
 int until_extents (struct backup *b, struct extent **ext, size_t *n)
+  __attribute__ ((nonnull));
+
+/* backup-instant.c */
+/* --until: do the changes since snapshot b->until and since checkpoint
+ * b->until agree (made at one instant)?  gran, snap_bs: the filters'
+ * block sizes; b->size must be set.  Prints the error and returns the
+ * exit code.
+ */
+int until_same_instant (struct backup *b, uint64_t gran, uint64_t snap_bs)
   __attribute__ ((nonnull));
 
 /* backup-copy.c */
