@@ -99,6 +99,24 @@ make_snapshot (nbdkit_backend *backend, const char *name, struct answer *a)
   free (json);
 }
 
+/* The errno name e as a string that outlives the command (cmd->ename
+ * keeps the pointer): one of the names the filters use, else EIO.
+ */
+static const char *
+static_ename (const char *e)
+{
+  static const char *const known[] = {
+    "EINVAL", "ENOENT", "EEXIST", "EPERM", "EROFS", "ENOSPC", "EIO",
+    "ENOMEM", "EBUSY",
+  };
+  size_t i;
+
+  for (i = 0; i < sizeof known / sizeof known[0]; ++i)
+    if (strcmp (e, known[i]) == 0)
+      return known[i];
+  return "EIO";
+}
+
 /* The snapshot was not made: take checkpoint name (the newest, made an
  * instant ago, its bitmap still empty) away again (gate held).
  */
@@ -116,7 +134,7 @@ undo_ckpt (struct command *cmd, const char *name, const struct answer *a)
                          "not be removed (%s): delete it with "
                          "@cbt:delete/%s", name, a->why, name, undo.why,
                          name);
-  return command_fail (cmd, a->ename[0] ? a->ename : "EIO", "the snapshot "
+  return command_fail (cmd, static_ename (a->ename), "the snapshot "
                        "filter refused snapshot '%s', so checkpoint '%s' "
                        "was not made either: %s", name, name, a->why);
 }
