@@ -68,6 +68,7 @@ def command(export):
 stop = threading.Event()
 logs = [[] for _ in range(NW)]  # per writer: block of write s at [s - 1]
 errors = []
+slowest = [0.0] * NW            # per writer: its longest write (seconds)
 
 
 def writer(w):
@@ -79,7 +80,9 @@ def writer(w):
         while not stop.is_set():
             b = rnd.choice(mine)
             s += 1
+            t = time.monotonic()
             h.pwrite(block(w, s, b), b * K)
+            slowest[w] = max(slowest[w], time.monotonic() - t)
             logs[w].append(b)
         h.shutdown()
     except Exception as e:      # noqa: BLE001
@@ -180,7 +183,8 @@ def main():
     if errors:
         fail("; ".join(errors))
     total = [len(x) for x in logs]
-    log("writers stopped after %r writes" % total)
+    log("writers stopped after %r writes; the longest write took %.1f ms" %
+        (total, max(slowest) * 1000))
 
     cps = [c["name"] for c in command("@cbt:list")["checkpoints"]]
     if cps != names:
