@@ -53,6 +53,8 @@ $cmd @snapshot:create/S2 | grep -q "\"ok\":true"
 $cmd @snapshot:delete/S1 | grep -q "\"ok\":true"
 $cmd @snapshot:revert/S2 | grep -q "\"ok\":true"
 $cmd @cbt:delete/B2 | grep -q "\"ok\":true"
+$cmd @cbt:create/I1/snapshot | grep -q "\"ok\":true"
+$cmd @cbt:create/S2/snapshot | grep -q "was not made either"
 $cmd @cbt:create/a..b | grep -q EINVAL
 ' > "$tmpdir/run.log" 2>&1 || { cat "$tmpdir/run.log"; fail "workload failed"; }
 

@@ -12,6 +12,7 @@ TESTS = \
 	tests/test-cbt-enomem.sh \
 	tests/test-cbt-faults.sh \
 	tests/test-cbt-grow.sh \
+	tests/test-cbt-instant.sh \
 	tests/test-cbt-ioerror.sh \
 	tests/test-cbt-model.sh \
 	tests/test-cbt-onedisk.sh \
@@ -49,6 +50,7 @@ TESTS = \
 	tests/test-nbdsnap-manage.sh \
 	tests/test-nbdsnap-restore-blockdev.sh \
 	tests/test-nbdsnap-sync.sh \
+	tests/test-nbdsnap-until.sh \
 	tests/test-nbdsnap-uri.sh \
 	tests/test-snapshot-badnames.sh \
 	tests/test-snapshot-badparams.sh \

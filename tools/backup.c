@@ -1,4 +1,5 @@
 /* nbdsnap tool: nbdsnap backup URI REPO [--full | --incremental [--since P]]
+ *                              [--until CHECKPOINT]
  *
  *  1. repository checks (exists / initialize, point name free, base point)
  *     (backup-repo.c)
@@ -16,6 +17,10 @@
  * removed, the frozen point is ended, and the checkpoint NAME made by
  * begin is deleted (cleanup).  The repository keeps exactly its previous
  * points.
+ *
+ * --until CHECKPOINT replaces steps 3 to 5's server side: the bytes are
+ * read from snapshot CHECKPOINT, made at that checkpoint's instant
+ * (backup-until.c).
  */
 #include <config.h>
 
@@ -68,14 +73,18 @@ open_view (struct backup *b)
   char err[ERRLEN];
   int64_t size, mx;
 
-  if (b->incremental)
+  if (b->until[0])
+    snprintf (b->view, sizeof b->view, "@snapshot/%s", b->until);
+  else if (b->incremental)
     snprintf (b->view, sizeof b->view, "@freeze:diff/%s/%s", b->since,
               b->name);
   else
     snprintf (b->view, sizeof b->view, "@freeze/%s", b->name);
   b->h0 = connect_export (b->uri, b->view, true, NULL, err, sizeof err);
   if (b->h0 == NULL) {
-    if (b->incremental)
+    if (b->until[0])
+      backup_fail (b, "cannot open the snapshot view %s: %s", b->view, err);
+    else if (b->incremental)
       backup_fail (b, "cannot read the changes since checkpoint '%s' (%s); "
                    "see the server's log; a full backup is needed (nbdsnap "
                    "backup --full)", b->since, err);
@@ -117,7 +126,11 @@ plan (struct backup *b, double t0, uint64_t *total)
   }
 
   /* Which blocks to copy. */
-  if (nbd_can_meta_context (b->h0, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1) {
+  if (b->until[0]) {
+    if (until_extents (b, &ext, &n) == -1)
+      return -1;
+  }
+  else if (nbd_can_meta_context (b->h0, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1) {
     if (get_extents (b->h0, b->size, &ext, &n, err, sizeof err) == -1) {
       backup_fail (b, "%s: %s", b->view, err);
       return -1;
@@ -195,13 +208,15 @@ do_backup (struct backup *b)
   uint64_t total;
   double t0 = now_seconds ();
 
-  if ((r = check_server (b)) != EXIT_OK)
+  r = b->until[0] ? until_check_server (b) : check_server (b);
+  if (r != EXIT_OK)
     return r;
   if (interrupted)
     return fail (EXIT_FAILED, "interrupted");
   if (b->need_init && (r = init_repo_now (b)) != EXIT_OK)
     return r;
-  if ((r = begin_point (b)) != EXIT_OK) {
+  /* --until: the instant is past, held by a snapshot. */
+  if (!b->until[0] && (r = begin_point (b)) != EXIT_OK) {
     cleanup (b);                /* a begin that ran but was lost */
     return r;
   }
@@ -231,7 +246,7 @@ do_backup (struct backup *b)
   disconnect (b->h0);
   b->h0 = NULL;
 
-  if (end_point (b) == -1)
+  if (!b->until[0] && end_point (b) == -1)
     goto failed;
 
   /* The point exists after this. */
@@ -265,6 +280,7 @@ cmd_backup (int argc, char **argv)
     { "full", no_argument, NULL, 'F' },
     { "incremental", no_argument, NULL, 'I' },
     { "since", required_argument, NULL, 's' },
+    { "until", required_argument, NULL, 'u' },
     { "name", required_argument, NULL, 'n' },
     { "compress", no_argument, NULL, 'z' },
     { "connections", required_argument, NULL, 'C' },
@@ -303,6 +319,13 @@ cmd_backup (int argc, char **argv)
         usage_error ("backup: --since %s: %s", optarg, why);
       snprintf (b.since, sizeof b.since, "%s", optarg);
       break;
+    case 'u':
+      if (!repo_name_valid (optarg, why, sizeof why) ||
+          !name_valid (optarg, why, sizeof why))
+        usage_error ("backup: --until %s: not a valid checkpoint name",
+                     optarg);
+      snprintf (b.until, sizeof b.until, "%s", optarg);
+      break;
     case 'n':
       if (!repo_name_valid (optarg, why, sizeof why) ||
           !name_valid (optarg, why, sizeof why))
@@ -337,11 +360,20 @@ cmd_backup (int argc, char **argv)
   }
   if (n != 2)
     usage_error ("usage: nbdsnap backup URI REPO [--full | --incremental "
-                 "[--since POINT]] [--name NAME] [--compress] "
+                 "[--since POINT]] [--until CHECKPOINT] [--name NAME] "
+                 "[--compress] "
                  "[--connections N] [--progress | --no-progress]");
   b.uri = pos[0];
   b.repodir = pos[1];
   check_uri (b.uri);
+  if (b.until[0]) {
+    /* A point is named after its checkpoint. */
+    if (b.name[0] && strcmp (b.name, b.until))
+      usage_error ("backup: --until %s makes the point '%s' (a point is "
+                   "named after its checkpoint): drop --name %s", b.until,
+                   b.until, b.name);
+    snprintf (b.name, sizeof b.name, "%s", b.until);
+  }
   if (b.name[0] == '\0') {
     time_t t = time (NULL);
     struct tm tm;

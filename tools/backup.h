@@ -7,6 +7,10 @@
  *                     begin/end, undoing a failed backup's checkpoint
  *   backup-plan.c     the view's extents into runs of blocks and chunks
  *   backup-copy.c     worker threads reading chunks into the repository
+ *   backup-until.c    --until: a past instant, from a snapshot made with
+ *                     its checkpoint
+ *   backup-instant.c  --until: were that snapshot and checkpoint made at
+ *                     one instant?
  */
 #ifndef NBDSNAP_BACKUP_H
 #define NBDSNAP_BACKUP_H
@@ -32,6 +36,7 @@ struct backup {
   /* options */
   const char *uri, *repodir;
   char name[REPO_NAME_MAX + 1], since[REPO_NAME_MAX + 1];
+  char until[REPO_NAME_MAX + 1];        /* --until: a past checkpoint */
   bool incremental, compress;
   int connections;
   bool show_progress;
@@ -112,6 +117,27 @@ int classify (struct backup *b, const struct extent *v, size_t n)
  * least), dropping the zero runs; *total: bytes to read.
  */
 int make_chunks (struct backup *b, uint64_t *total)
+  __attribute__ ((nonnull));
+
+/* backup-until.c */
+/* --until: checkpoint until (and since) on the server, and a snapshot
+ * made at until's instant.  Prints the error and returns the exit code.
+ */
+int until_check_server (struct backup *b) __attribute__ ((nonnull));
+/* --until: the extents that say which blocks to copy from the snapshot
+ * view (b->h0): its own (full) or the change map since..until.  -1 and
+ * backup_fail on failure.
+ */
+int until_extents (struct backup *b, struct extent **ext, size_t *n)
+  __attribute__ ((nonnull));
+
+/* backup-instant.c */
+/* --until: do the changes since snapshot b->until and since checkpoint
+ * b->until agree (made at one instant)?  gran, snap_bs: the filters'
+ * block sizes; b->size must be set.  Prints the error and returns the
+ * exit code.
+ */
+int until_same_instant (struct backup *b, uint64_t gran, uint64_t snap_bs)
   __attribute__ ((nonnull));
 
 /* backup-copy.c */

@@ -199,6 +199,29 @@ run_diff (char **pos, int n, const char *what, const char *synopsis,
 
 /*------------------------------------------------------------ snapshot --*/
 
+/* Remove every argv[i] (i >= 1, before a "--") equal to flag, setting
+ * *set if there was one; returns the new argc.
+ */
+static int
+take_flag (int argc, char **argv, const char *flag, bool *set)
+{
+  int i, j;
+
+  for (i = j = 1; i < argc; ++i) {
+    if (strcmp (argv[i], "--") == 0) {
+      while (i < argc)
+        argv[j++] = argv[i++];
+      break;
+    }
+    if (strcmp (argv[i], flag) == 0)
+      *set = true;
+    else
+      argv[j++] = argv[i];
+  }
+  argv[j] = NULL;
+  return j;
+}
+
 /* The table of "nbdsnap snapshot list". */
 static void
 print_snapshots (struct json_object *doc)
@@ -238,7 +261,7 @@ int
 cmd_snapshot (int argc, char **argv)
 {
   char *pos[4], ex[256];
-  bool force = false;
+  bool force = false, checkpoint = false;
   const char *verb;
   struct result res;
   int n, r;
@@ -247,6 +270,8 @@ cmd_snapshot (int argc, char **argv)
     usage_error ("usage: nbdsnap snapshot create|list|revert|delete|diff "
                  "URI ...");
   verb = argv[1];
+  if (strcmp (verb, "create") == 0)
+    argc = take_flag (argc, argv, "--checkpoint", &checkpoint);
   n = parse_args (argc - 1, argv + 1,
                   strcmp (verb, "revert") == 0 ? &force : NULL, NULL, pos, 4);
   if (strcmp (verb, "list") == 0)
@@ -261,15 +286,23 @@ cmd_snapshot (int argc, char **argv)
                  "delete, diff)", verb);
   if (n != 2)
     usage_error ("usage: nbdsnap snapshot %s URI NAME%s", verb,
-                 strcmp (verb, "revert") == 0 ? " [--force]" : "");
+                 strcmp (verb, "revert") == 0 ? " [--force]" :
+                 strcmp (verb, "create") == 0 ? " [--checkpoint]" : "");
   check_uri (pos[0]);
   check_name ("snapshot", pos[1]);
-  snprintf (ex, sizeof ex, "@snapshot:%s/%s%s", verb, pos[1],
-            force ? "/force" : "");
-  if ((r = do_command (pos[0], ex, "snapshot", &res)))
+  /* --checkpoint: the cbt filter makes both at one instant. */
+  if (checkpoint)
+    snprintf (ex, sizeof ex, "@cbt:create/%s/snapshot", pos[1]);
+  else
+    snprintf (ex, sizeof ex, "@snapshot:%s/%s%s", verb, pos[1],
+              force ? "/force" : "");
+  if ((r = do_command (pos[0], ex, checkpoint ? "cbt" : "snapshot", &res)))
     return r;
   if (!opt_json) {
-    if (strcmp (verb, "create") == 0)
+    if (checkpoint)
+      printf ("snapshot '%s' and checkpoint '%s' created at one instant\n",
+              pos[1], pos[1]);
+    else if (strcmp (verb, "create") == 0)
       printf ("snapshot '%s' created\n", pos[1]);
     else if (strcmp (verb, "revert") == 0) {
       uint64_t d = 0;

@@ -5,7 +5,8 @@
  *            active bitmap before it passes down;
  *   VIEW     @cbt/NAME or @cbt:diff/A/B: the disk read-only, with extents
  *            that are a change map;
- *   COMMAND  @cbt:VERB/...: performed at open, content = JSON result;
+ *   COMMAND  @cbt:VERB/...: performed at open, content = JSON result
+ *            (@cbt:create/NAME/snapshot also makes snapshot NAME below);
  *   PASS     an @name for a filter below (a snapshot revert is watched:
  *            the blocks it will change are marked first).
  */
@@ -151,7 +152,7 @@ cbt_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
 
 /* Run a command (see fh_command). */
 static int
-perform (struct command *c, const struct export_name *en, void *opaque)
+perform (struct command *c, const struct export_name *en, void *backend)
 {
   const char *v = en->verb;
 
@@ -159,6 +160,14 @@ perform (struct command *c, const struct export_name *en, void *opaque)
     return tracker_cmd_list (c);
   if (strcmp (v, "create") == 0 && en->nargs == 1)
     return tracker_cmd_create (c, en->args[0]);
+  if (strcmp (v, "create") == 0 && en->nargs == 2 &&
+      strcmp (en->args[1], "snapshot") == 0) {
+    if (!(below & STACK_SNAPSHOT))
+      return command_fail (c, "EINVAL", "there is no snapshot filter below "
+                           "the cbt filter (--filter=cbt --filter=snapshot): "
+                           "no checkpoint was made");
+    return tracker_cmd_create_snapshot (c, en->args[0], backend);
+  }
   if (strcmp (v, "delete") == 0 && en->nargs == 1)
     return tracker_cmd_delete (c, en->args[0]);
   command_bad_args (c, "nbdkit-cbt-filter(1)");
@@ -283,7 +292,7 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
       goto err;
     }
     if (fh_command (&h->fh, "cbt", policy, &en, readonly, is_tls, perform,
-                    NULL) == -1)
+                    nbdkit_context_get_backend (nxdata)) == -1)
       goto err;
     return h;
   }

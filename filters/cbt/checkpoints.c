@@ -25,7 +25,7 @@
 /* Append the JSON object of checkpoint i: its name, creation time, and
  * the blocks changed since it (the union of bitmaps i .. n-1).
  */
-static void
+void
 json_ckpt (struct jbuf *j, size_t i)
 {
   uint64_t w, nw = payload_words (T.g.nblocks), blocks = 0, bytes;
@@ -90,7 +90,7 @@ reactivate (struct ckpt *old)
  * bitmap, write c's open, save the state.  On failure c is not added and
  * the files say what they said (or the tracker is failed).
  */
-static int
+int
 push_ckpt (struct command *cmd, struct ckpt *c)
 {
   struct ckpt *old, **np;
@@ -150,6 +150,26 @@ push_ckpt (struct command *cmd, struct ckpt *c)
   return 0;
 }
 
+/* A new checkpoint called name, not in the list yet (T.cmd_lock held).
+ * NULL after command_fail.
+ */
+struct ckpt *
+new_ckpt (struct command *cmd, const char *name)
+{
+  struct ckpt *c = calloc (1, sizeof *c);
+
+  if (c == NULL || bitset_init (&c->bits, T.g.nblocks) == -1) {
+    free (c);
+    command_fail (cmd, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  c->fd = -1;
+  c->id = T.next_id;
+  c->created = time (NULL);
+  snprintf (c->name, sizeof c->name, "%s", name);
+  return c;
+}
+
 /* @cbt:create/NAME. */
 int
 tracker_cmd_create (struct command *cmd, const char *name)
@@ -167,15 +187,9 @@ tracker_cmd_create (struct command *cmd, const char *name)
   if (find_ckpt (name) >= 0)
     return command_fail (cmd, "EEXIST", "checkpoint '%s' already exists",
                          name);
-  c = calloc (1, sizeof *c);
-  if (c == NULL || bitset_init (&c->bits, T.g.nblocks) == -1) {
-    free (c);
-    return command_fail (cmd, "ENOMEM", "out of memory");
-  }
-  c->fd = -1;
-  c->id = T.next_id;
-  c->created = time (NULL);
-  snprintf (c->name, sizeof c->name, "%s", name);
+  c = new_ckpt (cmd, name);
+  if (c == NULL)
+    return -1;
 
   {
     /* Every write lands wholly before or wholly after this instant.  The
@@ -226,7 +240,7 @@ tracker_cmd_list (struct command *cmd)
  * saved, the only change is the file of *prev, which holds more bits
  * than before (never fewer), and may be open (sealed at stop).
  */
-static int
+int
 remove_ckpt (struct command *cmd, size_t i, struct ckpt **prev)
 {
   struct ckpt *c = T.cps[i], *p = i > 0 ? T.cps[i - 1] : NULL;

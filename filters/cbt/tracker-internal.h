@@ -190,6 +190,29 @@ int bm_unlink (uint64_t id);
 /* Free a checkpoint (NULL: nothing), closing its in-place fd. */
 void ckpt_free (struct ckpt *c);
 
+/* checkpoints.c: the steps of create and delete, shared with instant.c
+ * (a checkpoint and a snapshot at one instant).
+ */
+
+/* A new checkpoint called name, not in the list (T.cmd_lock held).  NULL
+ * after command_fail.
+ */
+struct ckpt *new_ckpt (struct command *cmd, const char *name)
+  __attribute__ ((nonnull (1, 2)));
+/* Make c the newest checkpoint (gate held, list write-locked).  -1 after
+ * command_fail: c was not added (the caller frees it, unless the
+ * tracker failed with c active).
+ */
+int push_ckpt (struct command *cmd, struct ckpt *c)
+  __attribute__ ((nonnull (1, 2)));
+/* Remove checkpoint i, merging its bitmap into the one before (*prev,
+ * NULL if none) (gate held, list write-locked).  -1 after command_fail.
+ */
+int remove_ckpt (struct command *cmd, size_t i, struct ckpt **prev)
+  __attribute__ ((nonnull (1, 3)));
+/* Append the JSON object of checkpoint i (list locked). */
+void json_ckpt (struct jbuf *j, size_t i) __attribute__ ((nonnull (1)));
+
 /* state.c: the state file. */
 
 /* Replace the state file with T's: status running or clean.  0, -1 or

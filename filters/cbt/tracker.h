@@ -83,6 +83,13 @@ int tracker_extents (const char *since, const char *until, nbdkit_next *next,
 /* @cbt:create/NAME: a new checkpoint, whose bitmap becomes the active one. */
 int tracker_cmd_create (struct command *c, const char *name)
   __attribute__ ((nonnull (1, 2)));
+/* @cbt:create/NAME/snapshot: checkpoint NAME and, at the same instant,
+ * snapshot NAME in the snapshot filter below (reached through backend),
+ * both or neither (instant.c).
+ */
+int tracker_cmd_create_snapshot (struct command *c, const char *name,
+                                 nbdkit_backend *backend)
+  __attribute__ ((nonnull (1, 2, 3)));
 /* @cbt:list: the geometry and every checkpoint. */
 int tracker_cmd_list (struct command *c) __attribute__ ((nonnull (1)));
 /* @cbt:delete/NAME: merge the checkpoint's bitmap into the one before. */
