@@ -190,9 +190,10 @@ parse_upload (struct command *cmd, struct ckpt ***out, size_t *nout)
     }
     for (j = 0; j < i; ++j)
       if (strcmp (v[j]->name, (const char *) r + 8) == 0) {
+        command_fail (cmd, "EINVAL", "checkpoint '%s' is twice in the "
+                      "upload", v[j]->name);
         free_chain (v, i);
-        return command_fail (cmd, "EINVAL", "checkpoint '%s' is twice in "
-                             "the upload", v[j]->name);
+        return -1;
       }
     c = calloc (1, sizeof *c);
     if (c == NULL || bitset_init (&c->bits, T.g.nblocks) == -1) {
@@ -210,9 +211,10 @@ parse_upload (struct command *cmd, struct ckpt ***out, size_t *nout)
     /* Bits beyond the last block must be zero (docs/cbt-format.md 5.1). */
     if (T.g.nblocks % 64 &&
         c->bits.words[nw - 1] >> (T.g.nblocks % 64) != 0) {
+      command_fail (cmd, "EINVAL", "the bitmap of '%s' has bits beyond "
+                    "the end of the disk", c->name);
       free_chain (v, i + 1);
-      return command_fail (cmd, "EINVAL", "the bitmap of '%s' has bits "
-                           "beyond the end of the disk", c->name);
+      return -1;
     }
   }
   *out = v;
