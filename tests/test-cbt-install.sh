@@ -6,7 +6,8 @@
 # another geometry, bits beyond the disk, a bad name, an upload still
 # open, a disk that has checkpoints (without /replace); a failed state
 # write and a crash before the state is written leave the old checkpoints
-# and no stray file.
+# and no stray file; under the freeze filter the upload is not taken for
+# a write of the disk.
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$testsdir/cbt-functions.sh"
@@ -162,4 +163,19 @@ if [ -z "$NBDSNAP_SANITIZER" ] && [ -f "$FAULTINJECT" ]; then
     [ "$(ls "$tmpdir/cbt")" = "$before" ] || fail "strays after the crash: $(ls "$tmpdir/cbt")"
     stop_server s
 fi
+# Under the freeze filter the upload passes through, and is not the disk:
+# a frozen point held meanwhile still shows the disk as it was.
+: "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
+head -c $SIZE /dev/urandom > "$tmpdir/disk.img"
+cp "$tmpdir/disk.img" "$tmpdir/orig.img"
+start_server s --filter="$FREEZE_FILTER" --filter="$C" file "$tmpdir/disk.img" \
+    cbt-dir="$tmpdir/cbt" freeze-dir="$tmpdir"
+snapcmd s @freeze:begin/p | grep -q '"ok":true' || fail "freeze begin"
+sum=$(up good u:1 v:-)
+cbt_ok s "@cbt:install/$sum/replace" > /dev/null
+[ "$(cbt_names s | paste -sd' ')" = "u v" ] || fail "through freeze: $(cbt_names s)"
+same_content s @freeze/p "$tmpdir/orig.img"
+same_content s "" "$tmpdir/orig.img"
+snapcmd s @freeze:end/p | grep -q '"ok":true' || fail "freeze end"
+stop_server s
 echo "$testname: ok"

@@ -109,6 +109,7 @@ cbt_unload (void)
 {
   free ((char *) cfg.dir);
   disk_name_free (&disk);
+  upload_free ();
 }
 
 /* Start the tracker, the part that needs no plugin: cbt-dir, its lock,

@@ -97,6 +97,15 @@ upload_close (void)
   up_open = 0;
 }
 
+void
+upload_free (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&up_lock);
+  free (up_buf);
+  up_buf = NULL;
+  up_len = 0;
+}
+
 int64_t
 upload_size (void)
 {

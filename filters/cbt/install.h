@@ -20,6 +20,8 @@ int upload_open (const char *count, char *why, size_t whylen)
   __attribute__ ((nonnull (1, 2)));
 /* The upload handle closes: the staged bytes stay for the install. */
 void upload_close (void);
+/* Drop the staged upload (at unload). */
+void upload_free (void);
 /* Its size in bytes. */
 int64_t upload_size (void);
 /* Read or write the staged bytes.  -1 with *err set. */
