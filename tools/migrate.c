@@ -30,7 +30,7 @@
 #include "minmax.h"
 
 #define DATA_CHUNK (2u << 20)
-#define ZERO_CHUNK (1u << 30)
+#define ZERO_CHUNK (256u << 20)
 
 struct chunk { uint64_t offset, len; bool zero; };
 
