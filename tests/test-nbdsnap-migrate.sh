@@ -11,7 +11,9 @@
 #    writes on DST an incremental backup from DST since c2 (made on SRC)
 #    restores to exactly DST's bytes (cmp).  Refusals: a destination with
 #    checkpoints (without --replace), another size, a --since that is
-#    not the destination's newest checkpoint.
+#    not the destination's newest checkpoint; a copy that fails leaves
+#    SRC as it was and DST without checkpoints.  3. Neither side has a
+#    cbt filter: the disk alone is copied.
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$testsdir/nbdsnap-functions.sh"
@@ -88,6 +90,18 @@ stop_server big
 expect_exit 1 'already has 1 checkpoint.*--replace' "$N" migrate "$S" "$D" --no-progress
 [ "$(checkpoints "$S")" = "c1 c2" ] || fail "a refused migrate changed SRC: $(checkpoints "$S")"
 
+# A copy that fails (every write of DST fails): SRC is left as it was
+# (no frozen point, no new checkpoint), DST gets no checkpoint.
+truncate -s $SIZE "$tmpdir/bad.img"
+start_server bad --filter="$CBT_FILTER" --filter=error file "$tmpdir/bad.img" \
+    cbt-dir="$tmpdir/bad-cbt" error-pwrite=EIO error-pwrite-rate=1 \
+    error-zero=EIO error-zero-rate=1
+expect_exit 1 'writing the destination' "$N" migrate "$S" "$(uri bad)" --name x1 --no-progress
+[ "$(checkpoints "$S")" = "c1 c2" ] || fail "a failed migrate left: $(checkpoints "$S")"
+nothing_held "$S"
+[ "$(checkpoints "$(uri bad)")" = "" ] || fail "a failed migrate installed checkpoints"
+stop_server bad
+
 # A writer runs during the migration.
 nbd_op src "" "
 import random, time
@@ -150,4 +164,12 @@ writes dst 20 30
 backup "$D" "$repo" --incremental --name d3
 dump dst "" "$tmpdir/dst-d3.img"
 restore_cmp d3 "$tmpdir/dst-d3.img"
+# No cbt filter on either side: the disk alone is copied.
+start_server plain --filter="$FREEZE_FILTER" file "$tmpdir/dst.img" freeze-dir="$tmpdir"
+truncate -s 0 "$tmpdir/big.img"; truncate -s $SIZE "$tmpdir/big.img"
+start_server plain2 file "$tmpdir/big.img"
+out=$("$N" --json migrate "$(uri plain)" "$(uri plain2)" --no-progress) ||
+    fail "migrate without cbt failed"
+json_check "$out" 'j["checkpoints"] == []'
+cmp "$tmpdir/dst.img" "$tmpdir/big.img" || fail "migrate without cbt: bytes differ"
 echo "$testname: ok"
