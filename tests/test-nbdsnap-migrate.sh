@@ -157,6 +157,9 @@ dump src "" "$tmpdir/src-now.img"
 dump dst "" "$tmpdir/dst-now.img"
 cmp "$tmpdir/src-now.img" "$tmpdir/dst-now.img" || fail "after the cut-over DST != SRC"
 expect_exit 1 "newest checkpoint is 'm2', not 'm1'" "$N" migrate "$S" "$D" --since m1 --no-progress
+nbd_op dst "" "h.pwrite(b'y' * 512, 4096)"
+expect_exit 1 "written since 'm2'" "$N" migrate "$S" "$D" --since m2 --no-progress
+[ "$(checkpoints "$S")" = "c1 c2 m1 m2" ] || fail "refused --since changed SRC: $(checkpoints "$S")"
 stop_server src
 
 # On DST now: writes, then an incremental backup since c2 (made on SRC).

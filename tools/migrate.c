@@ -256,6 +256,7 @@ check_destination (struct migrate *m, bool src_cbt)
       snprintf (m->dst_newest, sizeof m->dst_newest, "%s",
                 jstr (c, "name") ? jstr (c, "name") : "");
       jnum (c, "dirty_blocks", &m->dst_newest_dirty);
+      jbool (c, "consistent", &m->dst_newest_consistent);
     }
     result_free (&res);
   }
@@ -271,9 +272,9 @@ check_destination (struct migrate *m, bool src_cbt)
                    "'%s', not '%s': it does not hold the disk as of '%s'; "
                    "migrate the whole disk (without --since, --replace)",
                    m->dst_newest, m->since, m->since);
-    if (m->dst_newest_dirty)
+    if (m->dst_newest_dirty || !m->dst_newest_consistent)
       return fail (EXIT_FAILED, "the destination was written since '%s' "
-                   "(%" PRIu64 " blocks): migrate the whole disk (without "
+                   "(%" PRIu64 " blocks, or an unclean stop): migrate the whole disk (without "
                    "--since, --replace)", m->since, m->dst_newest_dirty);
     m->replace = true;
   }

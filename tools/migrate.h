@@ -42,6 +42,7 @@ struct migrate {
   size_t dst_ncps;
   char dst_newest[80];
   uint64_t dst_newest_dirty;
+  bool dst_newest_consistent;
 
   /* results */
   uint64_t bytes_copied, bytes_zeroed, map_blocks;
