@@ -4,7 +4,8 @@
 # bits, the newest is active), and bad input installs nothing: a bad
 # COUNT, nothing uploaded, a partial upload (SHA-256 mismatch), garbage,
 # another geometry, bits beyond the disk, a bad name, an upload still
-# open, a disk that has checkpoints (without /replace); a failed state
+# open, a disk that has checkpoints (without /replace), a client the
+# policy does not allow, nbdkit -r; a failed state
 # write and a crash before the state is written leave the old checkpoints
 # and no stray file; under the freeze filter the upload is not taken for
 # a write of the disk.
@@ -163,6 +164,16 @@ if [ -z "$NBDSNAP_SANITIZER" ] && [ -f "$FAULTINJECT" ]; then
     [ "$(ls "$tmpdir/cbt")" = "$before" ] || fail "strays after the crash: $(ls "$tmpdir/cbt")"
     stop_server s
 fi
+# Who may: not on nbdkit -r, not a TCP client by default.
+start_server s -r --filter="$C" file "$tmpdir/disk.img" cbt-dir="$tmpdir/cbt"
+open_fails s @cbt:upload/1
+cbt_err s "@cbt:install/$Z" EROFS >/dev/null
+stop_server s
+start_server_tcp t --filter="$C" file "$tmpdir/disk.img" cbt-dir="$tmpdir/cbt"
+open_fails t @cbt:upload/1
+cbt_err t "@cbt:install/$Z" EPERM >/dev/null
+stop_server t
+
 # Under the freeze filter the upload passes through, and is not the disk:
 # a frozen point held meanwhile still shows the disk as it was.
 : "${FREEZE_FILTER:=$top_builddir/filters/freeze/.libs/nbdkit-freeze-filter.so}"
