@@ -48,6 +48,7 @@ TESTS = \
 	tests/test-nbdsnap-faults-restore.sh \
 	tests/test-nbdsnap-json.sh \
 	tests/test-nbdsnap-manage.sh \
+	tests/test-nbdsnap-migrate-snapshots.sh \
 	tests/test-nbdsnap-migrate.sh \
 	tests/test-nbdsnap-restore-blockdev.sh \
 	tests/test-nbdsnap-sync.sh \

@@ -7,6 +7,7 @@
  *      frozen at that instant; writes on the source go on
  *   3. copy @freeze/NAME (or only @freeze:diff/SINCE/NAME) to the
  *      destination's live disk over --connections connections
+ *   (--snapshots: first recreate the snapshot tree, migrate-snap.c)
  *   4. carry the consistent checkpoints (migrate-chain.c)
  *   5. @freeze:end/NAME.  Checkpoint NAME stays on the source: what was
  *      written there after it is what the destination lacks, and the
@@ -149,12 +150,12 @@ add_chunks (struct copy *c, size_t *cap, uint64_t off, uint64_t len,
   return 0;
 }
 
-/* Step 3: copy the frozen view (whole, or its changes since --since). */
-static int
-copy_disk (struct migrate *m)
+int
+copy_view (struct migrate *m, const char *view, const char *map,
+           enum copy_mode mode)
 {
-  struct copy c = { .m = m, .lock = PTHREAD_MUTEX_INITIALIZER };
-  char view[256], err[ERRLEN];
+  struct copy c = { .m = m, .view = view, .lock = PTHREAD_MUTEX_INITIALIZER };
+  char err[ERRLEN];
   struct nbd_handle *h;
   struct extent *v = NULL;
   size_t n = 0, i, cap = 0;
@@ -162,22 +163,19 @@ copy_disk (struct migrate *m)
   pthread_t th[64];
   int t, nt = 0;
 
-  if (m->since[0])
-    snprintf (view, sizeof view, "@freeze:diff/%s/%s", m->since, m->name);
-  else
-    snprintf (view, sizeof view, "@freeze/%s", m->name);
-  c.view = view;
-  h = connect_export (m->src, view, true, NULL, err, sizeof err);
+  if (map == NULL)
+    map = view;
+  h = connect_export (m->src, map, true, NULL, err, sizeof err);
   if (h == NULL)
-    return fail (EXIT_FAILED, "cannot open %s on the source: %s", view, err);
+    return fail (EXIT_FAILED, "cannot open %s on the source: %s", map, err);
   if (nbd_get_size (h) != (int64_t) m->size) {
     disconnect (h);
     return fail (EXIT_FAILED, "the source's disk changed size");
   }
   if (nbd_can_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) {
-    if (m->since[0]) {
+    if (mode != COPY_ALL) {
       disconnect (h);
-      return fail (EXIT_FAILED, "%s has no change map", view);
+      return fail (EXIT_FAILED, "%s has no change map", map);
     }
     v = malloc (sizeof *v);
     if (v)
@@ -185,15 +183,17 @@ copy_disk (struct migrate *m)
   }
   else if (get_extents (h, m->size, &v, &n, err, sizeof err) == -1) {
     disconnect (h);
-    return fail (EXIT_FAILED, "cannot read the extents of %s: %s", view,
+    return fail (EXIT_FAILED, "cannot read the extents of %s: %s", map,
                  err);
   }
   disconnect (h);
   for (i = 0; i < n; ++i) {
-    if (m->since[0] && v[i].type == LIBNBD_STATE_HOLE)
-      continue;                 /* unchanged since --since */
-    if (add_chunks (&c, &cap, v[i].offset, v[i].length,
-                    v[i].type & LIBNBD_STATE_ZERO) == -1) {
+    bool zero = v[i].type & LIBNBD_STATE_ZERO;
+    if (mode != COPY_ALL && v[i].type == LIBNBD_STATE_HOLE)
+      continue;                 /* unchanged */
+    if (mode == COPY_CHANGED)
+      zero = false;             /* the map is of another export: read */
+    if (add_chunks (&c, &cap, v[i].offset, v[i].length, zero) == -1) {
       free (v);
       free (c.v);
       return fail (EXIT_FAILED, "out of memory");
@@ -218,6 +218,27 @@ copy_disk (struct migrate *m)
   if (c.failed)
     return fail (EXIT_FAILED, "%s", c.err);
   return EXIT_OK;
+}
+
+/* Step 3: the disk frozen at NAME: whole, only what changed since
+ * --since, or (snapshots carried) what changed since the live disk's
+ * parent snapshot, to which the destination was reverted.
+ */
+static int
+copy_disk (struct migrate *m)
+{
+  char view[256], map[256];
+
+  snprintf (view, sizeof view, "@freeze/%s", m->name);
+  if (m->since[0]) {
+    snprintf (view, sizeof view, "@freeze:diff/%s/%s", m->since, m->name);
+    return copy_view (m, view, NULL, COPY_DIFF);
+  }
+  if (m->live_parent[0]) {
+    snprintf (map, sizeof map, "@snapshot:diff/%s", m->live_parent);
+    return copy_view (m, view, map, COPY_CHANGED);
+  }
+  return copy_view (m, view, NULL, COPY_ALL);
 }
 
 /* Step 1, the destination: size, cbt filter, checkpoints. */
@@ -407,7 +428,12 @@ report (struct migrate *m, double secs)
       if (i) printf (",");
       json_str (stdout, m->carry[i]);
     }
-    printf ("],\"skipped_checkpoints\":%zu}\n", m->skipped);
+    printf ("],\"skipped_checkpoints\":%zu,\"snapshots\":[", m->skipped);
+    for (i = 0; i < m->nsnaps; ++i) {
+      if (i) printf (",");
+      json_str (stdout, m->snaps[i]);
+    }
+    printf ("]}\n");
     return;
   }
   printf ("migrated '%s': %s copied, %s zeroed in %.1f s; %zu checkpoint(s) "
@@ -415,6 +441,10 @@ report (struct migrate *m, double secs)
           human_size (m->bytes_zeroed, b, sizeof b), secs, m->ncarry);
   for (i = 0; i < m->ncarry; ++i)
     printf ("%s%s", i ? ", " : ": ", m->carry[i]);
+  if (m->snapshots)
+    printf ("; %zu snapshot(s)", m->nsnaps);
+  for (i = 0; i < m->nsnaps; ++i)
+    printf ("%s%s", i ? ", " : ": ", m->snaps[i]);
   printf ("\n");
 }
 
@@ -425,6 +455,7 @@ cmd_migrate (int argc, char **argv)
     { "name", required_argument, NULL, 'n' },
     { "since", required_argument, NULL, 's' },
     { "replace", no_argument, NULL, 'r' },
+    { "snapshots", no_argument, NULL, 'S' },
     { "connections", required_argument, NULL, 'C' },
     { "progress", no_argument, NULL, 'p' },
     { "no-progress", no_argument, NULL, 'P' },
@@ -450,6 +481,7 @@ cmd_migrate (int argc, char **argv)
       snprintf (c == 'n' ? m.name : m.since, sizeof m.name, "%s", optarg);
       break;
     case 'r': m.replace = true; break;
+    case 'S': m.snapshots = true; break;
     case 'C':
       m.connections = atoi (optarg);
       if (m.connections < 1 || m.connections > 64)
@@ -465,7 +497,11 @@ cmd_migrate (int argc, char **argv)
   }
   if (argc - optind != 2)
     usage_error ("usage: nbdsnap migrate SRC-URI DST-URI [--name NAME] "
-                 "[--since NAME] [--replace] [--connections N]");
+                 "[--since NAME] [--replace] [--snapshots] "
+                 "[--connections N]");
+  if (m.snapshots && m.since[0])
+    usage_error ("migrate: --snapshots and --since do not go together (the "
+                 "first migration carries the snapshots)");
   m.src = argv[optind];
   m.dst = argv[optind + 1];
   check_uri (m.src);
@@ -480,11 +516,13 @@ cmd_migrate (int argc, char **argv)
   t0 = now_seconds ();
 
   if ((r = check_source (&m, &src_cbt)) != EXIT_OK ||
-      (r = check_destination (&m, src_cbt)) != EXIT_OK)
+      (r = check_destination (&m, src_cbt)) != EXIT_OK ||
+      (m.snapshots && (r = check_snapshots (&m)) != EXIT_OK))
     return r;
   if ((r = begin (&m)) != EXIT_OK)
     return r;
   if ((r = choose_chain (&m)) != EXIT_OK ||
+      (m.snapshots && (r = carry_snapshots (&m)) != EXIT_OK) ||
       (r = copy_disk (&m)) != EXIT_OK ||
       (r = carry_chain (&m)) != EXIT_OK ||
       (r = end (&m)) != EXIT_OK) {
@@ -494,5 +532,7 @@ cmd_migrate (int argc, char **argv)
     report (&m, now_seconds () - t0);
   for (i = 0; i < m.ncarry; ++i)
     free (m.carry[i]);
+  for (i = 0; i < m.nsnaps; ++i)
+    free (m.snaps[i]);
   return r;
 }

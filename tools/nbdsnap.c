@@ -40,6 +40,7 @@ usage (FILE *fp)
 "\n"
 "Migration (both URIs live disks; the source with the freeze filter):\n"
 "  migrate SRC-URI DST-URI [--name NAME] [--since NAME] [--replace]\n"
+"                  [--snapshots]\n"
 "                  [--connections N] [--progress | --no-progress]\n"
 "\n"
 "Server management (through the filters' command exports):\n"
