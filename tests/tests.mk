@@ -12,6 +12,7 @@ TESTS = \
 	tests/test-cbt-enomem.sh \
 	tests/test-cbt-faults.sh \
 	tests/test-cbt-grow.sh \
+	tests/test-cbt-install.sh \
 	tests/test-cbt-instant.sh \
 	tests/test-cbt-ioerror.sh \
 	tests/test-cbt-model.sh \
@@ -48,6 +49,8 @@ TESTS = \
 	tests/test-nbdsnap-faults-restore.sh \
 	tests/test-nbdsnap-json.sh \
 	tests/test-nbdsnap-manage.sh \
+	tests/test-nbdsnap-migrate-snapshots.sh \
+	tests/test-nbdsnap-migrate.sh \
 	tests/test-nbdsnap-restore-blockdev.sh \
 	tests/test-nbdsnap-sync.sh \
 	tests/test-nbdsnap-until.sh \

@@ -39,6 +39,11 @@ usage (FILE *fp)
 "  merge REPO POINT\n"
 "  init REPO [--block-size N]\n"
 "\n"
+"Migration (both URIs live disks; the source with the freeze filter):\n"
+"  migrate SRC-URI DST-URI [--name NAME] [--since NAME] [--replace]\n"
+"                  [--snapshots]\n"
+"                  [--connections N] [--progress | --no-progress]\n"
+"\n"
 "Server management (through the filters' command exports):\n"
 "  snapshot create|revert|delete URI NAME    (revert: [--force])\n"
 "  snapshot create URI NAME --checkpoint     (and checkpoint NAME, one instant)\n"
@@ -72,6 +77,7 @@ static const struct {
   { "snapshot", cmd_snapshot },
   { "checkpoint", cmd_checkpoint },
   { "freeze", cmd_freeze },
+  { "migrate", cmd_migrate },
 };
 
 /* Global options, then the subcommand with its own arguments. */

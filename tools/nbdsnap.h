@@ -6,6 +6,7 @@
  *   manage.c         snapshot, checkpoint, freeze (command exports)
  *   backup*.c        backup (see backup.h)
  *   restore*.c       restore (see restore.h)
+ *   migrate*.c       migrate (see migrate.h)
  *
  *   msg.c            messages on stderr, exit codes, JSON strings on stdout
  *   signals.c        SIGINT/SIGTERM/SIGHUP stop long operations
@@ -230,5 +231,8 @@ int cmd_freeze (int argc, char **argv);
 /* backup.c, restore.c */
 int cmd_backup (int argc, char **argv);
 int cmd_restore (int argc, char **argv);
+
+/* migrate.c */
+int cmd_migrate (int argc, char **argv);
 
 #endif /* NBDSNAP_TOOL_H */

@@ -24,6 +24,7 @@
 #include "command.h"
 #include "diskname.h"
 #include "filterhandle.h"
+#include "install.h"
 #include "param.h"
 #include "policy.h"
 #include "stack.h"
@@ -33,6 +34,9 @@ struct handle {
   struct filter_handle fh;              /* first: see filterhandle.h */
   char since[NAME_MAX_LEN + 1];         /* VIEW */
   char until[NAME_MAX_LEN + 1];         /* VIEW: "" for now */
+  bool upload;                          /* COMMAND: @cbt:upload/COUNT,
+                                         * a writable staging area
+                                         * (install.c) */
 };
 
 static struct tracker_config cfg = { .sync = CBT_SYNC_FLUSH };
@@ -106,6 +110,7 @@ cbt_unload (void)
 {
   free ((char *) cfg.dir);
   disk_name_free (&disk);
+  upload_free ();
 }
 
 /* Start the tracker, the part that needs no plugin: cbt-dir, its lock,
@@ -170,6 +175,9 @@ perform (struct command *c, const struct export_name *en, void *backend)
   }
   if (strcmp (v, "delete") == 0 && en->nargs == 1)
     return tracker_cmd_delete (c, en->args[0]);
+  if (strcmp (v, "install") == 0 && (en->nargs == 1 || en->nargs == 2))
+    return tracker_cmd_install (c, en->args[0],
+                                en->nargs == 2 ? en->args[1] : NULL);
   command_bad_args (c, "nbdkit-cbt-filter(1)");
   return -1;
 }
@@ -245,6 +253,35 @@ open_view (nbdkit_next_open *next, nbdkit_context *nxdata,
   return 0;
 }
 
+/* Open @cbt:upload/COUNT: a COMMAND handle whose content is the staged
+ * upload, writable.  A mutating command: the policy applies.  -1 after
+ * nbdkit_error.
+ */
+static int
+open_upload (const struct export_name *en, int readonly, int is_tls,
+             struct handle *h)
+{
+  struct command c = { .filter = "cbt", .verb = en->verb };
+  char why[256];
+
+  if (en->nargs != 1) {
+    nbdkit_error ("cbt: expected @cbt:upload/COUNT");
+    return -1;
+  }
+  if (command_allowed (&c, true, policy, readonly, is_tls) == -1) {
+    nbdkit_error ("cbt: upload: %s", c.why);
+    return -1;
+  }
+  if (upload_open (en->args[0], why, sizeof why) == -1) {
+    nbdkit_error ("cbt: upload: %s", why);
+    return -1;
+  }
+  h->fh.kind = COMMAND;
+  h->upload = true;
+  snprintf (h->fh.desc, sizeof h->fh.desc, "nbdsnap:cbt upload");
+  return 0;
+}
+
 /* Open a connection: LIVE, VIEW, COMMAND (performed now) or PASS. */
 static void *
 cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
@@ -285,10 +322,15 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
         goto err;
       return h;
     }
+    if (strcmp (en.verb, "upload") == 0) {
+      if (open_upload (&en, readonly, is_tls, h) == -1)
+        goto err;
+      return h;
+    }
     if (strcmp (en.verb, "list") && strcmp (en.verb, "create") &&
-        strcmp (en.verb, "delete")) {
+        strcmp (en.verb, "delete") && strcmp (en.verb, "install")) {
       nbdkit_error ("cbt: %s: unknown command '%s' (known: create, list, "
-                    "delete, diff)", exportname, en.verb);
+                    "delete, diff, upload, install)", exportname, en.verb);
       goto err;
     }
     if (fh_command (&h->fh, "cbt", policy, &en, readonly, is_tls, perform,
@@ -341,11 +383,13 @@ cbt_prepare (nbdkit_next *next, void *handle, int readonly)
     return r;                                                           \
   } while (0)
 
-/* Write (MARKED). */
+/* Write (MARKED), or into the upload. */
 static int
 cbt_pwrite (nbdkit_next *next, void *handle, const void *buf,
             uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
+  if (((struct handle *) handle)->upload)
+    return upload_rw ((void *) buf, count, offset, true, err);
   MARKED (next->pwrite (next, buf, count, offset, flags, err));
 }
 
@@ -374,7 +418,7 @@ cbt_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
   struct handle *h = handle;
 
   if (h->fh.kind != LIVE && h->fh.kind != PASS)
-    return 0;
+    return 0;                   /* also the upload: it is in memory */
   if (tracker_check (err) == -1 ||
       next->flush (next, flags, err) == -1)
     return -1;
@@ -395,6 +439,46 @@ cbt_extents (nbdkit_next *next, void *handle, uint32_t count,
   return fh_extents (next, handle, count, offset, flags, extents, err);
 }
 
+/* The upload: its own size, content, and writable; the rest as any
+ * COMMAND.
+ */
+static void
+cbt_close (void *handle)
+{
+  if (((struct handle *) handle)->upload)
+    upload_close ();
+  fh_close (handle);
+}
+
+static int64_t
+cbt_get_size (nbdkit_next *next, void *handle)
+{
+  if (((struct handle *) handle)->upload)
+    return upload_size ();
+  return fh_get_size (next, handle);
+}
+
+static int
+cbt_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
+           uint64_t offset, uint32_t flags, int *err)
+{
+  if (((struct handle *) handle)->upload)
+    return upload_rw (buf, count, offset, false, err);
+  return fh_pread (next, handle, buf, count, offset, flags, err);
+}
+
+static int
+cbt_can_write (nbdkit_next *next, void *handle)
+{
+  return ((struct handle *) handle)->upload ? 1 : fh_can_write (next, handle);
+}
+
+static int
+cbt_can_flush (nbdkit_next *next, void *handle)
+{
+  return ((struct handle *) handle)->upload ? 1 : fh_can_flush (next, handle);
+}
+
 static struct nbdkit_filter filter = {
   .name               = "cbt",
   .longname           = "nbdsnap changed block tracking filter",
@@ -408,10 +492,24 @@ static struct nbdkit_filter filter = {
   .cleanup            = cbt_cleanup,
   .list_exports       = cbt_list_exports,
   .open               = cbt_open,
-  .close              = fh_close,
+  .close              = cbt_close,
   .prepare            = cbt_prepare,
-  FH_PASSTHRU_CALLBACKS,
-  .pread              = fh_pread,
+  /* FH_PASSTHRU_CALLBACKS, but for the upload's size and writes. */
+  .get_size           = cbt_get_size,
+  .export_description = fh_export_description,
+  .block_size         = fh_block_size,
+  .can_write          = cbt_can_write,
+  .can_flush          = cbt_can_flush,
+  .is_rotational      = fh_is_rotational,
+  .can_trim           = fh_can_trim,
+  .can_zero           = fh_can_zero,
+  .can_fast_zero      = fh_can_fast_zero,
+  .can_extents        = fh_can_extents,
+  .can_fua            = fh_can_fua,
+  .can_multi_conn     = fh_can_multi_conn,
+  .can_cache          = fh_can_cache,
+  .cache              = fh_cache,
+  .pread              = cbt_pread,
   .pwrite             = cbt_pwrite,
   .zero               = cbt_zero,
   .trim               = cbt_trim,

@@ -354,6 +354,11 @@ freeze_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
       *err = EROFS;                                                     \
       return -1;                                                        \
     }                                                                   \
+    /* PASS: a writable export of a filter below (@cbt:upload), not    \
+     * the disk: nothing to save.                                       \
+     */                                                                 \
+    if (h->fh.kind == PASS)                                             \
+      return (call);                                                    \
     points_enter ();                                                    \
     points_save (next, offset, count);                                  \
     r = (call);                                                         \
