@@ -38,6 +38,8 @@ TESTS = \
 	tests/test-freeze-startup.sh \
 	tests/test-freeze-t1t4.sh \
 	tests/test-fuzz-parsers.sh \
+	tests/test-install.sh \
+	tests/test-nbdsnap-completion.sh \
 	tests/test-nbdsnap-concurrent.sh \
 	tests/test-nbdsnap-crafted.sh \
 	tests/test-nbdsnap-damage.sh \
