@@ -169,9 +169,10 @@ report (struct backup *b, int nconn, double t0)
     printf (",\"disk_size\":%" PRIu64 ",\"block_size\":%u"
             ",\"data_blocks\":%" PRIu64 ",\"zero_blocks\":%" PRIu64
             ",\"bytes_read\":%" PRIu64 ",\"stored_bytes\":%" PRIu64
-            ",\"connections\":%d,\"seconds\":%.3f}\n",
+            ",\"connections\":%d,\"seconds\":%.3f"
+            ",\"pruned_checkpoints\":[%s]}\n",
             b->size, b->bs, b->data_blocks, b->zero_blocks, b->bytes_read,
-            b->stored, nconn, el);
+            b->stored, nconn, el, b->npruned > 0 ? b->pruned : "");
   }
   else {
     printf ("backup '%s' (%s%s): %" PRIu64 " data block(s), %" PRIu64
@@ -183,6 +184,9 @@ report (struct backup *b, int nconn, double t0)
             human_size (b->stored, c, sizeof c), el,
             human_size (el > 0 ? (uint64_t) (b->bytes_read / el) : 0, d,
                         sizeof d));
+    if (b->npruned > 0)
+      printf ("pruned %d checkpoint(s) no longer needed: %s\n", b->npruned,
+              b->pruned);
   }
 }
 
@@ -201,7 +205,18 @@ do_backup (struct backup *b)
     return fail (EXIT_FAILED, "interrupted");
   if (b->need_init && (r = init_repo_now (b)) != EXIT_OK)
     return r;
-  if ((r = begin_point (b)) != EXIT_OK) {
+  /* Quiesce hooks (quiesce.c): the thaw right after the begin. */
+  if (quiesce_freeze (&b->q, err, sizeof err) == -1)
+    return fail (EXIT_FAILED, "backup '%s' not begun: %s", b->name, err);
+  r = begin_point (b);
+  if (quiesce_thaw (&b->q, r == EXIT_OK, err, sizeof err) == -1) {
+    if (r == EXIT_OK) {
+      backup_fail (b, "%s (the file system may still be frozen)", err);
+      goto failed;
+    }
+    msg ("%s (the file system may still be frozen)", err);
+  }
+  if (r != EXIT_OK) {
     cleanup (b);                /* a begin that ran but was lost */
     return r;
   }
@@ -245,7 +260,17 @@ do_backup (struct backup *b)
     b->point_left = r == -2;
     goto failed;
   }
-  b->checkpoint = false;        /* kept: the next incremental's base */
+  /* Kept: the next incremental's base.  The older ones the chain no
+   * longer needs go (prune.c); a failure there is only a warning.
+   */
+  if (b->checkpoint && b->keep_checkpoints &&
+      (b->npruned = prune_checkpoints (b->uri, b->repo, b->keep_checkpoints,
+                                       false, true, b->pruned,
+                                       sizeof b->pruned, err,
+                                       sizeof err)) < 0)
+    msg ("warning: backup '%s' is done, but pruning old checkpoints "
+         "failed: %s", b->name, err);
+  b->checkpoint = false;
   report (b, nconn, t0);
   return EXIT_OK;
 
@@ -284,6 +309,9 @@ cmd_backup (int argc, char **argv)
   memset (&b, 0, sizeof b);
   pthread_mutex_init (&b.lock, NULL);
   b.connections = DEFAULT_CONNECTIONS;
+  b.keep_checkpoints = DEFAULT_KEEP_CHECKPOINTS;
+  quiesce_options (&argc, argv, &b.q, "backup");
+  keep_option (&argc, argv, &b.keep_checkpoints);
   optind = 0;
   opterr = 0;
   while ((c = getopt_long (argc, argv, "vn:z", long_opts, NULL)) != -1) {
@@ -338,7 +366,9 @@ cmd_backup (int argc, char **argv)
   if (n != 2)
     usage_error ("usage: nbdsnap backup URI REPO [--full | --incremental "
                  "[--since POINT]] [--name NAME] [--compress] "
-                 "[--connections N] [--progress | --no-progress]");
+                 "[--connections N] [--progress | --no-progress] "
+                 "[--freeze-cmd CMD] [--thaw-cmd CMD] [--quiesce-timeout S] "
+                 "[--keep-checkpoints N]");
   b.uri = pos[0];
   b.repodir = pos[1];
   check_uri (b.uri);
@@ -349,6 +379,8 @@ cmd_backup (int argc, char **argv)
     strftime (b.name, sizeof b.name, "b-%Y%m%dT%H%M%SZ", &tm);
   }
   b.show_progress = progress_wanted (progress_opt) && !opt_json;
+  b.q.uri = b.uri;
+  b.q.point = b.name;
 
   install_signal_handlers ();
   r = open_backup_repo (&b, mode, (uint32_t) init_bs);

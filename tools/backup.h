@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "nbdsnap.h"
+#include "quiesce.h"
 #include "repo.h"
 
 #define CHUNK_BYTES (1u << 20)          /* bytes per read request (max) */
@@ -69,6 +70,12 @@ struct backup {
   pthread_mutex_t lock;
   bool failed;
   char err[ERRLEN];
+
+  /* quiesce hooks and checkpoint retention (quiesce.h) */
+  struct quiesce q;
+  unsigned keep_checkpoints;    /* 0: no pruning */
+  char pruned[4096];            /* JSON strings of the deleted ones */
+  int npruned;
 };
 
 /* backup.c */
