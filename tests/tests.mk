@@ -48,6 +48,7 @@ TESTS = \
 	tests/test-nbdsnap-json.sh \
 	tests/test-nbdsnap-manage.sh \
 	tests/test-nbdsnap-prune.sh \
+	tests/test-nbdsnap-quiesce-ext4.sh \
 	tests/test-nbdsnap-quiesce.sh \
 	tests/test-nbdsnap-restore-blockdev.sh \
 	tests/test-nbdsnap-sync.sh \
