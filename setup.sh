@@ -34,7 +34,7 @@ packages=(
     nbdkit nbdkit-plugin-dev libnbd-dev libnbd-bin python3-libnbd
     libgnutls28-dev libzstd-dev libjson-c-dev qemu-utils fio
     autoconf automake libtool pkg-config make gcc perl
-    valgrind e2fsprogs nbdfuse
+    valgrind e2fsprogs
     clang libclang-rt-14-dev git
 )
 

@@ -9,7 +9,8 @@
 # holds exactly the files recorded at its freeze.
 #
 # Needs root, /dev/fuse, a free loop device, nbdfuse (Debian package
-# nbdfuse), fsfreeze, mkfs.ext4, e2fsck; else skipped.
+# libnbd-bin on Debian 12), fsfreeze (util-linux), mkfs.ext4, e2fsck;
+# else skipped.
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$testsdir/nbdsnap-functions.sh"
