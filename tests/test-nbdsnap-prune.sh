@@ -5,7 +5,8 @@
 # freeze + cbt over memory:
 #   - the server keeps a bounded number of checkpoints and bitmap files
 #     in cbt-dir (the default keeps the newest 2 points' checkpoints, plus
-#     the base of a differential), where it would keep 30 without;
+#     the base of a differential, with --keep-checkpoints 2), where it
+#     would keep 30 without;
 #   - a checkpoint the repository did not make (another name) is never
 #     deleted;
 #   - deleting the newest point of the repository leaves the next
@@ -56,6 +57,7 @@ for ((i = 1; i <= 30; i++)); do
         20) opts=(--since n18) ;;                     # a differential
     esac
     "$N" backup "$U" "$repo" --name "$name" --no-progress "${opts[@]}" \
+        --keep-checkpoints 2 \
         > "$tmpdir/out" 2> "$tmpdir/err" || { cat "$tmpdir/err"; fail "backup $name"; }
     cps=$(checkpoints "$U")
     case $i in
@@ -92,8 +94,11 @@ restore_all "$repo"
 "$N" verify "$repo" > /dev/null || fail "verify"
 
 # prune: --dry-run, --keep-checkpoints 1, JSON.
-"$N" prune "$U" "$repo" > "$tmpdir/out"
+"$N" prune "$U" "$repo" --keep-checkpoints 2 > "$tmpdir/out"
 grep -q 'no checkpoint to delete' "$tmpdir/out" || fail "prune with nothing to do"
+# The default keeps 7: nothing to do either.
+out=$("$N" --json prune "$U" "$repo")
+json_check "$out" 'j["keep_checkpoints"] == 7' 'j["deleted"] == []' 
 "$N" prune "$U" "$repo" --keep-checkpoints 1 --dry-run > "$tmpdir/out"
 grep -qx "would delete checkpoint 'n29'" "$tmpdir/out" || fail "dry run: $(cat "$tmpdir/out")"
 [ "$(checkpoints "$U")" = "manual n25 n29 n30" ] || fail "--dry-run deleted"
@@ -109,13 +114,13 @@ night 32 n32
 "$N" backup "$U" "$repo" --name n32 --keep-checkpoints 0 --no-progress > /dev/null
 [ "$(checkpoints "$U")" = "manual n25 n30 n31 n32" ] || fail "--keep-checkpoints 0 pruned"
 "$N" freeze begin "$U" held > /dev/null
-"$N" prune "$U" "$repo" > "$tmpdir/out" 2> "$tmpdir/err"
+"$N" prune "$U" "$repo" --keep-checkpoints 2 > "$tmpdir/out" 2> "$tmpdir/err"
 grep -q "not pruning checkpoints: the server holds frozen point(s) 'held'" "$tmpdir/err" ||
     fail "prune with a frozen point held: $(cat "$tmpdir/err")"
 [ "$(checkpoints "$U")" = "manual n25 n30 n31 n32 held" ] || fail "pruned while held"
 "$N" freeze end "$U" held > /dev/null
 "$N" checkpoint delete "$U" held > /dev/null
-"$N" prune "$U" "$repo" > "$tmpdir/out"
+"$N" prune "$U" "$repo" --keep-checkpoints 2 > "$tmpdir/out"
 [ "$(checkpoints "$U")" = "manual n25 n31 n32" ] || fail "after prune: $(checkpoints "$U")"
 grep -qx "deleted checkpoint 'n30'" "$tmpdir/out" || fail "prune output"
 restore_all "$repo"

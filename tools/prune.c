@@ -10,9 +10,10 @@
  *    Checkpoints with any other name (made by hand, by snapshot create
  *    --checkpoint, by backups into another repository, or whose point
  *    was deleted from REPO) are never touched.
- *  - Kept: the checkpoints of the N newest points (N >= 1; default 2, so
- *    the next incremental still works after the newest point is deleted
- *    or a differential is made since the one before); the base of the
+ *  - Kept: the checkpoints of the N newest points (N >= 1; default 7: a
+ *    differential since any of the last 7 points works, and the next
+ *    incremental still does after up to 6 newest points were deleted from
+ *    the repository); the base of the
  *    newest points that are differentials (parent not the point just
  *    before them: the next differential starts there too); every point a
  *    backup in progress holds (its parent, repo_point_busy).
@@ -143,7 +144,22 @@ prune_checkpoints (const char *uri, struct repo *repo, unsigned keep,
     return 0;
   if (repo_list (repo, &v, &n, err, errlen) == -1)
     return -1;
+  needed = calloc (n ? n : 1, sizeof *needed);
+  if (needed == NULL) {
+    snprintf (err, errlen, "out of memory");
+    free (v);
+    return -1;
+  }
+  mark_needed (repo, v, n, keep, needed);
+  for (i = 0; i < n && needed[i]; ++i)
+    ;
+  if (i == n) {                 /* every point's checkpoint is needed */
+    free (needed);
+    free (v);
+    return 0;
+  }
   if (frozen_points (uri, held, sizeof held, err, errlen) == -1) {
+    free (needed);
     free (v);
     return -1;
   }
@@ -151,6 +167,7 @@ prune_checkpoints (const char *uri, struct repo *repo, unsigned keep,
     msg ("not pruning checkpoints: the server holds frozen point(s) %s (a "
          "backup in progress may need its base); run nbdsnap prune later",
          held);
+    free (needed);
     free (v);
     return 0;
   }
@@ -160,9 +177,11 @@ prune_checkpoints (const char *uri, struct repo *repo, unsigned keep,
   case CMD_REFUSED:
     snprintf (e2, sizeof e2, "the server has no cbt filter (%s)", err);
     snprintf (err, errlen, "%s", e2);
+    free (needed);
     free (v);
     return -1;
   default:
+    free (needed);
     free (v);
     return -1;
   }
@@ -170,14 +189,6 @@ prune_checkpoints (const char *uri, struct repo *repo, unsigned keep,
     result_error (cps.root, err, errlen);
     goto out;
   }
-  needed = calloc (n ? n : 1, sizeof *needed);
-  if (needed == NULL) {
-    snprintf (err, errlen, "out of memory");
-    failed = 1;
-    goto out;
-  }
-  mark_needed (repo, v, n, keep, needed);
-
   for (i = 0; i < jlen (cps.root, "checkpoints"); ++i) {
     name = jstr (jat (cps.root, "checkpoints", i), "name");
     if (name == NULL)

@@ -17,7 +17,7 @@
 #include <stddef.h>
 
 #define QUIESCE_DEFAULT_TIMEOUT 60      /* seconds, per hook */
-#define DEFAULT_KEEP_CHECKPOINTS 2
+#define DEFAULT_KEEP_CHECKPOINTS 7       /* a week of nightly backups */
 
 /*------------------------------------------------------------ quiesce.c --*/
 
