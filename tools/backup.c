@@ -11,6 +11,11 @@
  *     the view allows multi-conn) and stored through the repository
  *     writer (SHA-256, zstd) (backup-copy.c)
  *  5. @freeze:end/NAME, then commit (fsync + rename): the point exists
+ *  6. the older checkpoints the repository no longer needs are deleted
+ *     (prune.c; --keep-checkpoints)
+ *
+ * With --freeze-cmd/--thaw-cmd (quiesce.c) the freeze command runs right
+ * before step 3 and the thaw command right after it returned.
  *
  * On any failure (also SIGINT/SIGTERM/SIGHUP): the temporary point is
  * removed, the frozen point is ended, and the checkpoint NAME made by

@@ -6,6 +6,8 @@
  *   manage.c         snapshot, checkpoint, freeze (command exports)
  *   backup*.c        backup (see backup.h)
  *   restore*.c       restore (see restore.h)
+ *   quiesce.c        --freeze-cmd/--thaw-cmd hooks (see quiesce.h)
+ *   prune.c          checkpoint retention: prune (see quiesce.h)
  *
  *   msg.c            messages on stderr, exit codes, JSON strings on stdout
  *   signals.c        SIGINT/SIGTERM/SIGHUP stop long operations
