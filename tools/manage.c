@@ -76,11 +76,6 @@ quiesced_command (struct quiesce *q, const char *uri, const char *name,
   q->point = name;
   if (quiesce_freeze (q, err, sizeof err) == -1)
     return fail (EXIT_FAILED, "%s not run: %s", exportname, err);
-  if (interrupted && q->freeze_cmd) {
-    quiesce_thaw (q, false, err, sizeof err);
-    return fail (EXIT_FAILED, "%s not run: interrupted by signal %d",
-                 exportname, (int) interrupted);
-  }
   r = do_command (uri, exportname, filter, res);
   if (quiesce_thaw (q, r == EXIT_OK, err, sizeof err) == -1) {
     if (r == EXIT_OK)

@@ -299,8 +299,12 @@ quiesce_freeze (struct quiesce *q, char *err, size_t errlen)
     q->thaw_owed = false;       /* nothing was run */
     return -1;
   }
-  if (run_hook (q, "freeze", q->freeze_cmd, NULL, true, err, errlen) == 0)
-    return 0;
+  if (run_hook (q, "freeze", q->freeze_cmd, NULL, true, err, errlen) == 0) {
+    if (!interrupted)
+      return 0;
+    /* A signal right after the freeze: do not begin. */
+    snprintf (err, errlen, "interrupted by signal %d", (int) interrupted);
+  }
   if (quiesce_thaw (q, false, e2, sizeof e2) == -1) {
     len = strlen (err);
     snprintf (err + len, errlen - len, "; and %s", e2);
