@@ -253,6 +253,16 @@ do_backup (struct backup *b)
 
   if (end_point (b) == -1)
     goto failed;
+  /* Which older checkpoints will go once the point is committed: decided
+   * now (prune.c), so that a failure here is a failed backup like any.
+   */
+  if (b->checkpoint && b->keep_checkpoints &&
+      prune_plan (b->repo, b->keep_checkpoints, b->name,
+                  b->incremental ? b->since : "", &b->plan, err,
+                  sizeof err) == -1) {
+    backup_fail (b, "%s", err);
+    goto failed;
+  }
 
   /* The point exists after this. */
   verbose ("frozen point ended at %.2fs; committing", now_seconds () - t0);
@@ -266,20 +276,23 @@ do_backup (struct backup *b)
     goto failed;
   }
   /* Kept: the next incremental's base.  The older ones the chain no
-   * longer needs go (prune.c); a failure there is only a warning.
+   * longer needs go (prune.c); if that fails, the point stays, and the
+   * command fails saying so.
    */
-  if (b->checkpoint && b->keep_checkpoints &&
-      (b->npruned = prune_checkpoints (b->uri, b->repo, b->keep_checkpoints,
-                                       false, true, b->pruned,
-                                       sizeof b->pruned, err,
-                                       sizeof err)) < 0)
-    msg ("warning: backup '%s' is done, but pruning old checkpoints "
-         "failed: %s", b->name, err);
   b->checkpoint = false;
+  b->made_repo = false;
+  b->npruned = prune_run (b->uri, &b->plan, false, true, b->pruned,
+                          sizeof b->pruned, err, sizeof err);
+  prune_plan_free (&b->plan);
+  if (b->npruned < 0)
+    return fail (EXIT_FAILED, "backup '%s' is committed, but deleting the "
+                 "checkpoints it no longer needs failed: %s; run 'nbdsnap "
+                 "prune %s %s' later", b->name, err, b->uri, b->repodir);
   report (b, nconn, t0);
   return EXIT_OK;
 
  failed:
+  prune_plan_free (&b->plan);
   cleanup (b);
   if (b->point_left)            /* the error says what is in place */
     return fail (EXIT_FAILED, "backup '%s' failed: %s", b->name, b->err);

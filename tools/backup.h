@@ -74,6 +74,7 @@ struct backup {
   /* quiesce hooks and checkpoint retention (quiesce.h) */
   struct quiesce q;
   unsigned keep_checkpoints;    /* 0: no pruning */
+  struct prune_plan plan;       /* decided before the commit */
   char pruned[4096];            /* JSON strings of the deleted ones */
   int npruned;
 };

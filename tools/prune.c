@@ -83,6 +83,74 @@ mark_needed (struct repo *repo, const struct repo_point_info *v, size_t n,
     }
 }
 
+int
+prune_plan (struct repo *repo, unsigned keep, const char *newpoint,
+            const char *newparent, struct prune_plan *plan, char *err,
+            size_t errlen)
+{
+  struct repo_point_info *v = NULL, *nv;
+  bool *needed;
+  size_t n = 0, i;
+
+  plan->names = NULL;
+  plan->n = 0;
+  if (repo_list (repo, &v, &n, err, errlen) == -1)
+    return -1;
+  if (newpoint) {               /* the backup about to commit: the newest */
+    if ((nv = realloc (v, (n + 1) * sizeof *v)) == NULL)
+      goto nomem;
+    v = nv;
+    memset (&v[n], 0, sizeof v[n]);
+    snprintf (v[n].name, sizeof v[n].name, "%s", newpoint);
+    snprintf (v[n].parent, sizeof v[n].parent, "%s",
+              newparent ? newparent : "");
+    n++;
+  }
+  if ((needed = calloc (n ? n : 1, sizeof *needed)) == NULL)
+    goto nomem;
+  mark_needed (repo, v, n, keep, needed);
+  for (i = 0; i < n; ++i)
+    if (!needed[i])
+      plan->n++;
+  if (plan->n &&
+      (plan->names = calloc (plan->n, sizeof *plan->names)) == NULL) {
+    free (needed);
+    plan->n = 0;
+    goto nomem;
+  }
+  plan->n = 0;
+  for (i = 0; i < n; ++i)
+    if (!needed[i])
+      memcpy (plan->names[plan->n++], v[i].name, sizeof v[i].name);
+  free (needed);
+  free (v);
+  return 0;
+ nomem:
+  free (v);
+  snprintf (err, errlen, "out of memory");
+  return -1;
+}
+
+void
+prune_plan_free (struct prune_plan *plan)
+{
+  free (plan->names);
+  plan->names = NULL;
+  plan->n = 0;
+}
+
+/* Is name in the plan? */
+static bool
+planned (const struct prune_plan *plan, const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < plan->n; ++i)
+    if (strcmp (plan->names[i], name) == 0)
+      return true;
+  return false;
+}
+
 /* Frozen points held on the server: their names into held (empty if
  * none, or if the server has no freeze filter).  -1 if the server
  * cannot be asked.
@@ -114,7 +182,7 @@ frozen_points (const char *uri, char *held, size_t len, char *err,
   return 0;
 }
 
-/* Append ,"name" to the JSON list names. */
+/* Append "name" to the JSON list names. */
 static void
 add_name (char *names, size_t nlen, const char *name)
 {
@@ -124,51 +192,46 @@ add_name (char *names, size_t nlen, const char *name)
     snprintf (names + k, nlen - k, "%s\"%s\"", k ? "," : "", name);
 }
 
-int
-prune_checkpoints (const char *uri, struct repo *repo, unsigned keep,
-                   bool dry_run, bool quiet, char *names, size_t nlen,
-                   char *err, size_t errlen)
+/* Delete checkpoint name.  0 ok, -1 (e2 says why). */
+static int
+delete_checkpoint (const char *uri, const char *name, char *e2,
+                   size_t e2len)
 {
-  struct repo_point_info *v = NULL;
-  struct result cps, res;
-  bool *needed = NULL;
-  char held[ERRLEN], ex[256], e2[ERRLEN];
+  char ex[256];
+  struct result res;
+
+  snprintf (ex, sizeof ex, "@cbt:delete/%s", name);
+  if (run_command (uri, ex, &res, e2, e2len) != CMD_DONE)
+    return -1;
+  if (!res.ok) {
+    result_error (res.root, e2, e2len);
+    result_free (&res);
+    return -1;
+  }
+  result_free (&res);
+  return 0;
+}
+
+int
+prune_run (const char *uri, const struct prune_plan *plan, bool dry_run,
+           bool quiet, char *names, size_t nlen, char *err, size_t errlen)
+{
+  struct result cps;
+  char held[ERRLEN], e2[ERRLEN];
   const char *name;
-  size_t n = 0, i;
-  long p;
+  size_t i;
   int deleted = 0, failed = 0;
 
   if (names && nlen)
     names[0] = '\0';
-  if (keep == 0)
-    return 0;
-  if (repo_list (repo, &v, &n, err, errlen) == -1)
+  if (plan->n == 0)
+    return 0;                   /* every checkpoint is needed */
+  if (frozen_points (uri, held, sizeof held, err, errlen) == -1)
     return -1;
-  needed = calloc (n ? n : 1, sizeof *needed);
-  if (needed == NULL) {
-    snprintf (err, errlen, "out of memory");
-    free (v);
-    return -1;
-  }
-  mark_needed (repo, v, n, keep, needed);
-  for (i = 0; i < n && needed[i]; ++i)
-    ;
-  if (i == n) {                 /* every point's checkpoint is needed */
-    free (needed);
-    free (v);
-    return 0;
-  }
-  if (frozen_points (uri, held, sizeof held, err, errlen) == -1) {
-    free (needed);
-    free (v);
-    return -1;
-  }
   if (held[0]) {
     msg ("not pruning checkpoints: the server holds frozen point(s) %s (a "
          "backup in progress may need its base); run nbdsnap prune later",
          held);
-    free (needed);
-    free (v);
     return 0;
   }
   switch (run_command (uri, "@cbt:list", &cps, err, errlen)) {
@@ -177,68 +240,35 @@ prune_checkpoints (const char *uri, struct repo *repo, unsigned keep,
   case CMD_REFUSED:
     snprintf (e2, sizeof e2, "the server has no cbt filter (%s)", err);
     snprintf (err, errlen, "%s", e2);
-    free (needed);
-    free (v);
     return -1;
   default:
-    free (needed);
-    free (v);
     return -1;
   }
   if (!cps.ok) {
     result_error (cps.root, err, errlen);
-    goto out;
+    result_free (&cps);
+    return -1;
   }
   for (i = 0; i < jlen (cps.root, "checkpoints"); ++i) {
     name = jstr (jat (cps.root, "checkpoints", i), "name");
-    if (name == NULL)
-      continue;
-    if ((p = find_point (v, n, name)) == -1) {
-      verbose ("checkpoint '%s' is not a point of the repository: kept",
-               name);
-      continue;
-    }
-    if (needed[p]) {
-      verbose ("checkpoint '%s' is needed: kept", name);
-      continue;
-    }
-    if (dry_run) {
-      if (!quiet)
-        printf ("would delete checkpoint '%s'\n", name);
-      if (names)
-        add_name (names, nlen, name);
-      deleted++;
+    if (name == NULL || !planned (plan, name))
+      continue;                 /* needed, or not the repository's */
+    if (!dry_run && delete_checkpoint (uri, name, e2, sizeof e2) == -1) {
+      if (!failed)
+        snprintf (err, errlen, "cannot delete checkpoint '%s': %s", name,
+                  e2);
+      msg ("cannot delete checkpoint '%s': %s", name, e2);
+      failed = 1;
       continue;
     }
-    snprintf (ex, sizeof ex, "@cbt:delete/%s", name);
-    switch (run_command (uri, ex, &res, e2, sizeof e2)) {
-    case CMD_DONE:
-      if (res.ok) {
-        if (!quiet)
-          printf ("deleted checkpoint '%s'\n", name);
-        if (names)
-          add_name (names, nlen, name);
-        deleted++;
-        result_free (&res);
-        continue;
-      }
-      result_error (res.root, e2, sizeof e2);
-      result_free (&res);
-      break;
-    default:
-      break;
-    }
-    if (!failed)
-      snprintf (err, errlen, "cannot delete checkpoint '%s': %s", name, e2);
-    msg ("cannot delete checkpoint '%s': %s", name, e2);
-    failed = 1;
+    if (!quiet)
+      printf ("%s checkpoint '%s'\n", dry_run ? "would delete" : "deleted",
+              name);
+    if (names)
+      add_name (names, nlen, name);
+    deleted++;
   }
- out:
-  if (!cps.ok)
-    failed = 1;
   result_free (&cps);
-  free (needed);
-  free (v);
   return failed ? -1 : deleted;
 }
 
@@ -250,6 +280,7 @@ cmd_prune (int argc, char **argv)
   bool dry_run = false;
   char *pos[2], err[ERRLEN], names[8192];
   struct repo *repo;
+  struct prune_plan plan;
   int n, i, r;
 
   keep_option (&argc, argv, &keep);
@@ -272,9 +303,13 @@ cmd_prune (int argc, char **argv)
                  "newest point's checkpoint is always kept)");
   if ((repo = open_repo (pos[1])) == NULL)
     return EXIT_FAILED;
-  r = prune_checkpoints (pos[0], repo, keep, dry_run, opt_json, names,
-                         sizeof names, err, sizeof err);
+  r = prune_plan (repo, keep, NULL, NULL, &plan, err, sizeof err);
   repo_close (repo);
+  if (r == 0) {
+    r = prune_run (pos[0], &plan, dry_run, opt_json, names, sizeof names,
+                   err, sizeof err);
+    prune_plan_free (&plan);
+  }
   if (r < 0)
     return fail (EXIT_FAILED, "prune: %s", err);
   if (opt_json)

@@ -64,20 +64,38 @@ int quiesce_thaw (struct quiesce *q, bool made, char *err, size_t errlen)
 
 /*-------------------------------------------------------------- prune.c --*/
 
-struct repo;
+#include "repo.h"
 
-/* Delete the server's checkpoints that the repository made and no longer
- * needs, keeping those of its keep newest points (keep >= 1) and the
- * bases of differentials and of backups in progress.  dry_run: only say
- * what would go.  Lines "deleted checkpoint NAME" (or "would delete")
- * are printed on stdout unless quiet; with names != NULL the deleted
- * names are also appended there, comma separated JSON strings.
- * Returns the number deleted, -1 on failure (err).
+/* The checkpoints that may go: names of points of the repository whose
+ * checkpoints the chain no longer needs.
  */
-int prune_checkpoints (const char *uri, struct repo *repo, unsigned keep,
-                       bool dry_run, bool quiet, char *names, size_t nlen,
-                       char *err, size_t errlen)
-  __attribute__ ((nonnull (1, 2, 8)));
+struct prune_plan {
+  char (*names)[REPO_NAME_MAX + 1];
+  size_t n;
+};
+
+/* Decide, from the repository alone (and, for a backup about to commit,
+ * its new point newpoint with parent newparent, "" for a full one, as
+ * the newest): keep the checkpoints of the keep newest points (keep >=
+ * 1), the bases of the differentials among them, and those of points a
+ * backup in progress holds.  -1 on failure (err).
+ */
+int prune_plan (struct repo *repo, unsigned keep, const char *newpoint,
+                const char *newparent, struct prune_plan *plan,
+                char *err, size_t errlen)
+  __attribute__ ((nonnull (1, 5, 6)));
+/* Delete the planned checkpoints the server has (none while it holds a
+ * frozen point; nothing is asked of the server if the plan is empty).
+ * dry_run: only say.  Lines "deleted checkpoint 'NAME'" (or "would
+ * delete") on stdout unless quiet; names (if not NULL): the deleted
+ * ones as comma separated JSON strings.  Returns the number deleted, -1
+ * on failure (err; the others are still tried).
+ */
+int prune_run (const char *uri, const struct prune_plan *plan, bool dry_run,
+               bool quiet, char *names, size_t nlen, char *err,
+               size_t errlen)
+  __attribute__ ((nonnull (1, 2, 7)));
+void prune_plan_free (struct prune_plan *plan) __attribute__ ((nonnull));
 
 /* --keep-checkpoints N from argv (taken out); *keep unchanged if absent.
  * 0 means no pruning.
