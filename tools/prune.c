@@ -94,6 +94,8 @@ prune_plan (struct repo *repo, unsigned keep, const char *newpoint,
 
   plan->names = NULL;
   plan->n = 0;
+  if (keep == 0)
+    return 0;                   /* no pruning */
   if (repo_list (repo, &v, &n, err, errlen) == -1)
     return -1;
   if (newpoint) {               /* the backup about to commit: the newest */
