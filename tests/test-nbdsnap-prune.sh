@@ -13,7 +13,7 @@
 #     incremental possible;
 #   - every point restores byte-exact to the disk at its instant (cmp);
 #   - nbdsnap prune: --dry-run changes nothing, --keep-checkpoints 1
-#     keeps only the newest, nothing is deleted while a frozen point is
+#     keeps only the newest (and a point a backup in progress holds), nothing is deleted while a frozen point is
 #     held, --keep-checkpoints 0 on backup keeps all; --json output.
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
@@ -99,6 +99,15 @@ grep -q 'no checkpoint to delete' "$tmpdir/out" || fail "prune with nothing to d
 # The default keeps 7: nothing to do either.
 out=$("$N" --json prune "$U" "$repo")
 json_check "$out" 'j["keep_checkpoints"] == 7' 'j["deleted"] == []' 
+# A point a backup in progress is based on (its hold: a shared flock on
+# the point's directory, here taken by this shell) keeps its checkpoint.
+exec {fd}< "$repo/points/n29"
+flock -s "$fd"
+"$N" -v prune "$U" "$repo" --keep-checkpoints 1 > "$tmpdir/out" 2> "$tmpdir/err"
+grep -q "keeping checkpoint 'n29': a backup in progress" "$tmpdir/err" ||
+    fail "held n29: $(cat "$tmpdir/err")"
+grep -q 'no checkpoint to delete' "$tmpdir/out" || fail "held n29 was pruned"
+exec {fd}<&-
 "$N" prune "$U" "$repo" --keep-checkpoints 1 --dry-run > "$tmpdir/out"
 grep -qx "would delete checkpoint 'n29'" "$tmpdir/out" || fail "dry run: $(cat "$tmpdir/out")"
 [ "$(checkpoints "$U")" = "manual n25 n29 n30" ] || fail "--dry-run deleted"
