@@ -147,3 +147,19 @@ point_still_there (struct repo *r, const char *point, int fd)
     return errno == ENOENT ? 0 : -1;
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
+
+int
+repo_point_busy (struct repo *r, const char *point)
+{
+  int fd = openat (r->pointsfd, point, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  long pid;
+
+  if (fd == -1)
+    return errno == ENOENT ? 0 : -1;
+  /* Only look (/proc/locks): taking a lock, even for an instant, could
+   * make a backup beginning right then fail to hold its parent.
+   */
+  pid = holder_pid (fd);
+  close (fd);
+  return pid > 0;
+}

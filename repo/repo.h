@@ -78,6 +78,13 @@ int repo_point_get (struct repo *r, const char *point,
                     struct repo_point_info *info, char *err, size_t errlen)
   __attribute__ ((nonnull (1, 2, 3)));
 
+/* Is point held by a backup in progress based on it (or claimed by a
+ * delete or merge)?  1 yes, 0 no (or no such point), -1 cannot tell.
+ * Only looks: takes no lock (hold.c).
+ */
+int repo_point_busy (struct repo *r, const char *point)
+  __attribute__ ((nonnull (1, 2)));
+
 /* ---- writing one point (writer.c, commit.c) ----
  *
  * put_* are thread-safe (several connections copy in parallel).

@@ -56,6 +56,9 @@ TESTS = \
 	tests/test-nbdsnap-manage.sh \
 	tests/test-nbdsnap-migrate-snapshots.sh \
 	tests/test-nbdsnap-migrate.sh \
+	tests/test-nbdsnap-prune.sh \
+	tests/test-nbdsnap-quiesce-ext4.sh \
+	tests/test-nbdsnap-quiesce.sh \
 	tests/test-nbdsnap-restore-blockdev.sh \
 	tests/test-nbdsnap-sync.sh \
 	tests/test-nbdsnap-until.sh \

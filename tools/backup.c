@@ -12,6 +12,11 @@
  *     the view allows multi-conn) and stored through the repository
  *     writer (SHA-256, zstd) (backup-copy.c)
  *  5. @freeze:end/NAME, then commit (fsync + rename): the point exists
+ *  6. the older checkpoints the repository no longer needs are deleted
+ *     (prune.c; --keep-checkpoints)
+ *
+ * With --freeze-cmd/--thaw-cmd (quiesce.c) the freeze command runs right
+ * before step 3 and the thaw command right after it returned.
  *
  * On any failure (also SIGINT/SIGTERM/SIGHUP): the temporary point is
  * removed, the frozen point is ended, and the checkpoint NAME made by
@@ -182,9 +187,10 @@ report (struct backup *b, int nconn, double t0)
     printf (",\"disk_size\":%" PRIu64 ",\"block_size\":%u"
             ",\"data_blocks\":%" PRIu64 ",\"zero_blocks\":%" PRIu64
             ",\"bytes_read\":%" PRIu64 ",\"stored_bytes\":%" PRIu64
-            ",\"connections\":%d,\"seconds\":%.3f}\n",
+            ",\"connections\":%d,\"seconds\":%.3f"
+            ",\"pruned_checkpoints\":[%s]}\n",
             b->size, b->bs, b->data_blocks, b->zero_blocks, b->bytes_read,
-            b->stored, nconn, el);
+            b->stored, nconn, el, b->npruned > 0 ? b->pruned : "");
   }
   else {
     printf ("backup '%s' (%s%s): %" PRIu64 " data block(s), %" PRIu64
@@ -196,6 +202,9 @@ report (struct backup *b, int nconn, double t0)
             human_size (b->stored, c, sizeof c), el,
             human_size (el > 0 ? (uint64_t) (b->bytes_read / el) : 0, d,
                         sizeof d));
+    if (b->npruned > 0)
+      printf ("pruned %d checkpoint(s) no longer needed: %s\n", b->npruned,
+              b->pruned);
   }
 }
 
@@ -215,8 +224,24 @@ do_backup (struct backup *b)
     return fail (EXIT_FAILED, "interrupted");
   if (b->need_init && (r = init_repo_now (b)) != EXIT_OK)
     return r;
-  /* --until: the instant is past, held by a snapshot. */
-  if (!b->until[0] && (r = begin_point (b)) != EXIT_OK) {
+  /* --until: the instant is past, held by a snapshot: nothing is
+   * begun, no hooks run.  Otherwise the quiesce hooks (quiesce.c): the
+   * thaw right after the begin.
+   */
+  r = EXIT_OK;
+  if (!b->until[0]) {
+    if (quiesce_freeze (&b->q, err, sizeof err) == -1)
+      return fail (EXIT_FAILED, "backup '%s' not begun: %s", b->name, err);
+    r = begin_point (b);
+    if (quiesce_thaw (&b->q, r == EXIT_OK, err, sizeof err) == -1) {
+      if (r == EXIT_OK) {
+        backup_fail (b, "%s (the file system may still be frozen)", err);
+        goto failed;
+      }
+      msg ("%s (the file system may still be frozen)", err);
+    }
+  }
+  if (r != EXIT_OK) {
     cleanup (b);                /* a begin that ran but was lost */
     return r;
   }
@@ -248,6 +273,16 @@ do_backup (struct backup *b)
 
   if (!b->until[0] && end_point (b) == -1)
     goto failed;
+  /* Which older checkpoints will go once the point is committed: decided
+   * now (prune.c), so that a failure here is a failed backup like any.
+   */
+  if (b->checkpoint && b->keep_checkpoints &&
+      prune_plan (b->repo, b->keep_checkpoints, b->name,
+                  b->incremental ? b->since : "", &b->plan, err,
+                  sizeof err) == -1) {
+    backup_fail (b, "%s", err);
+    goto failed;
+  }
 
   /* The point exists after this. */
   verbose ("frozen point ended at %.2fs; committing", now_seconds () - t0);
@@ -260,11 +295,24 @@ do_backup (struct backup *b)
     b->point_left = r == -2;
     goto failed;
   }
-  b->checkpoint = false;        /* kept: the next incremental's base */
+  /* Kept: the next incremental's base.  The older ones the chain no
+   * longer needs go (prune.c); if that fails, the point stays, and the
+   * command fails saying so.
+   */
+  b->checkpoint = false;
+  b->made_repo = false;
+  b->npruned = prune_run (b->uri, &b->plan, false, true, b->pruned,
+                          sizeof b->pruned, err, sizeof err);
+  prune_plan_free (&b->plan);
+  if (b->npruned < 0)
+    return fail (EXIT_FAILED, "backup '%s' is committed, but deleting the "
+                 "checkpoints it no longer needs failed: %s; run 'nbdsnap "
+                 "prune %s %s' later", b->name, err, b->uri, b->repodir);
   report (b, nconn, t0);
   return EXIT_OK;
 
  failed:
+  prune_plan_free (&b->plan);
   cleanup (b);
   if (b->point_left)            /* the error says what is in place */
     return fail (EXIT_FAILED, "backup '%s' failed: %s", b->name, b->err);
@@ -300,6 +348,9 @@ cmd_backup (int argc, char **argv)
   memset (&b, 0, sizeof b);
   pthread_mutex_init (&b.lock, NULL);
   b.connections = DEFAULT_CONNECTIONS;
+  b.keep_checkpoints = DEFAULT_KEEP_CHECKPOINTS;
+  quiesce_options (&argc, argv, &b.q, "backup");
+  keep_option (&argc, argv, &b.keep_checkpoints);
   optind = 0;
   opterr = 0;
   while ((c = getopt_long (argc, argv, "vn:z", long_opts, NULL)) != -1) {
@@ -362,11 +413,16 @@ cmd_backup (int argc, char **argv)
     usage_error ("usage: nbdsnap backup URI REPO [--full | --incremental "
                  "[--since POINT]] [--until CHECKPOINT] [--name NAME] "
                  "[--compress] "
-                 "[--connections N] [--progress | --no-progress]");
+                 "[--connections N] [--progress | --no-progress] "
+                 "[--freeze-cmd CMD] [--thaw-cmd CMD] [--quiesce-timeout S] "
+                 "[--keep-checkpoints N]");
   b.uri = pos[0];
   b.repodir = pos[1];
   check_uri (b.uri);
   if (b.until[0]) {
+    if (quiesce_wanted (&b.q))
+      usage_error ("backup: --until reads an instant that is past: "
+                   "--freeze-cmd/--thaw-cmd have nothing to quiesce");
     /* A point is named after its checkpoint. */
     if (b.name[0] && strcmp (b.name, b.until))
       usage_error ("backup: --until %s makes the point '%s' (a point is "
@@ -381,6 +437,8 @@ cmd_backup (int argc, char **argv)
     strftime (b.name, sizeof b.name, "b-%Y%m%dT%H%M%SZ", &tm);
   }
   b.show_progress = progress_wanted (progress_opt) && !opt_json;
+  b.q.uri = b.uri;
+  b.q.point = b.name;
 
   install_signal_handlers ();
   r = open_backup_repo (&b, mode, (uint32_t) init_bs);

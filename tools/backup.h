@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "nbdsnap.h"
+#include "quiesce.h"
 #include "repo.h"
 
 #define CHUNK_BYTES (1u << 20)          /* bytes per read request (max) */
@@ -74,6 +75,13 @@ struct backup {
   pthread_mutex_t lock;
   bool failed;
   char err[ERRLEN];
+
+  /* quiesce hooks and checkpoint retention (quiesce.h) */
+  struct quiesce q;
+  unsigned keep_checkpoints;    /* 0: no pruning */
+  struct prune_plan plan;       /* decided before the commit */
+  char pruned[4096];            /* JSON strings of the deleted ones */
+  int npruned;
 };
 
 /* backup.c */

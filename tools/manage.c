@@ -20,6 +20,7 @@
 
 #include "exportname.h"
 #include "nbdsnap.h"
+#include "quiesce.h"
 
 /* Run a command export and check "ok".  On success res holds the
  * result (caller frees: result_free).  With --json the result is printed
@@ -60,6 +61,30 @@ do_command (const char *uri, const char *exportname, const char *filter,
     return EXIT_FAILED;
   }
   return EXIT_OK;
+}
+
+/* do_command for a create, between the quiesce hooks (quiesce.c). */
+static int
+quiesced_command (struct quiesce *q, const char *uri, const char *name,
+                  const char *exportname, const char *filter,
+                  struct result *res)
+{
+  char err[ERRLEN];
+  int r;
+
+  q->uri = uri;
+  q->point = name;
+  if (quiesce_freeze (q, err, sizeof err) == -1)
+    return fail (EXIT_FAILED, "%s not run: %s", exportname, err);
+  r = do_command (uri, exportname, filter, res);
+  if (quiesce_thaw (q, r == EXIT_OK, err, sizeof err) == -1) {
+    if (r == EXIT_OK)
+      result_free (res);
+    return fail (EXIT_FAILED, "%s%s; %s (the file system may still be "
+                 "frozen)", exportname, r == EXIT_OK ? " was done" : " failed",
+                 err);
+  }
+  return r;
 }
 
 /* Usage error unless min <= n <= max. */
@@ -264,6 +289,7 @@ cmd_snapshot (int argc, char **argv)
   bool force = false, checkpoint = false;
   const char *verb;
   struct result res;
+  struct quiesce q;
   int n, r;
 
   if (argc < 2)
@@ -272,7 +298,12 @@ cmd_snapshot (int argc, char **argv)
   verb = argv[1];
   if (strcmp (verb, "create") == 0)
     argc = take_flag (argc, argv, "--checkpoint", &checkpoint);
-  n = parse_args (argc - 1, argv + 1,
+  argc--;
+  quiesce_options (&argc, argv + 1, &q, "snapshot");
+  if (quiesce_wanted (&q) && strcmp (verb, "create"))
+    usage_error ("snapshot %s: --freeze-cmd/--thaw-cmd are for create",
+                 verb);
+  n = parse_args (argc, argv + 1,
                   strcmp (verb, "revert") == 0 ? &force : NULL, NULL, pos, 4);
   if (strcmp (verb, "list") == 0)
     return run_list (pos, n, "snapshot list URI", "@snapshot:list",
@@ -296,7 +327,8 @@ cmd_snapshot (int argc, char **argv)
   else
     snprintf (ex, sizeof ex, "@snapshot:%s/%s%s", verb, pos[1],
               force ? "/force" : "");
-  if ((r = do_command (pos[0], ex, checkpoint ? "cbt" : "snapshot", &res)))
+  if ((r = quiesced_command (&q, pos[0], pos[1], ex,
+                             checkpoint ? "cbt" : "snapshot", &res)))
     return r;
   if (!opt_json) {
     if (checkpoint)
@@ -355,12 +387,18 @@ cmd_checkpoint (int argc, char **argv)
   char *pos[4], ex[256];
   const char *verb;
   struct result res;
+  struct quiesce q;
   int n, r;
 
   if (argc < 2)
     usage_error ("usage: nbdsnap checkpoint create|list|delete|diff URI ...");
   verb = argv[1];
-  n = parse_args (argc - 1, argv + 1, NULL, NULL, pos, 4);
+  argc--;
+  quiesce_options (&argc, argv + 1, &q, "checkpoint");
+  if (quiesce_wanted (&q) && strcmp (verb, "create"))
+    usage_error ("checkpoint %s: --freeze-cmd/--thaw-cmd are for create",
+                 verb);
+  n = parse_args (argc, argv + 1, NULL, NULL, pos, 4);
   if (strcmp (verb, "list") == 0)
     return run_list (pos, n, "checkpoint list URI", "@cbt:list", "cbt",
                      print_checkpoints);
@@ -376,7 +414,7 @@ cmd_checkpoint (int argc, char **argv)
   check_uri (pos[0]);
   check_name ("checkpoint", pos[1]);
   snprintf (ex, sizeof ex, "@cbt:%s/%s", verb, pos[1]);
-  if ((r = do_command (pos[0], ex, "cbt", &res)))
+  if ((r = quiesced_command (&q, pos[0], pos[1], ex, "cbt", &res)))
     return r;
   if (!opt_json) {
     if (strcmp (verb, "create") == 0)

@@ -16,6 +16,7 @@
 #include <libnbd.h>
 
 #include "nbdsnap.h"
+#include "quiesce.h"
 
 /* The summary of --help. */
 static void
@@ -31,7 +32,9 @@ usage (FILE *fp)
 "  backup URI REPO [--full | --incremental [--since POINT]] [--name NAME]\n"
 "                  [--until CHECKPOINT]  (a past instant, from its snapshot)\n"
 "                  [--compress] [--connections N] [--block-size N]\n"
-"                  [--progress | --no-progress]\n"
+"                  [--progress | --no-progress] [--keep-checkpoints N]\n"
+"                  [--freeze-cmd CMD] [--thaw-cmd CMD] [--quiesce-timeout S]\n"
+"  prune URI REPO [--keep-checkpoints N] [--dry-run]\n"
 "  restore REPO POINT -o FILE|DEVICE|URI [--connections N] [--progress]\n"
 "  verify REPO [POINT]\n"
 "  list REPO\n"
@@ -50,6 +53,8 @@ usage (FILE *fp)
 "  snapshot list URI\n"
 "  snapshot diff URI BASE [NAME]\n"
 "  checkpoint create|delete URI NAME\n"
+"  (snapshot/checkpoint create: [--freeze-cmd CMD] [--thaw-cmd CMD]\n"
+"                                [--quiesce-timeout S])\n"
 "  checkpoint list URI\n"
 "  checkpoint diff URI SINCE [UNTIL]\n"
 "  freeze begin|end URI NAME\n"
@@ -74,6 +79,7 @@ static const struct {
   { "delete", cmd_delete },
   { "merge", cmd_merge },
   { "init", cmd_init },
+  { "prune", cmd_prune },
   { "snapshot", cmd_snapshot },
   { "checkpoint", cmd_checkpoint },
   { "freeze", cmd_freeze },

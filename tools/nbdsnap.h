@@ -7,6 +7,8 @@
  *   backup*.c        backup (see backup.h)
  *   restore*.c       restore (see restore.h)
  *   migrate*.c       migrate (see migrate.h)
+ *   quiesce.c        --freeze-cmd/--thaw-cmd hooks (see quiesce.h)
+ *   prune.c          checkpoint retention: prune (see quiesce.h)
  *
  *   msg.c            messages on stderr, exit codes, JSON strings on stdout
  *   signals.c        SIGINT/SIGTERM/SIGHUP stop long operations
