@@ -29,7 +29,8 @@ int
 point_hold (struct repo *r, const char *point, int *fdp, char *err,
             size_t errlen)
 {
-  int fd = openat (r->pointsfd, point, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  int fd = openat (r->pointsfd, point,
+                   O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
 
   if (fd == -1) {
     if (errno == ENOENT)
@@ -94,7 +95,8 @@ int
 point_claim (struct repo *r, const char *point, const char *why, int *fdp,
              char *err, size_t errlen)
 {
-  int fd = openat (r->pointsfd, point, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  int fd = openat (r->pointsfd, point,
+                   O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
 
   if (fd == -1) {
     if (errno == ENOENT)

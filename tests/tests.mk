@@ -50,6 +50,8 @@ TESTS = \
 	tests/test-nbdsnap-restore-blockdev.sh \
 	tests/test-nbdsnap-sync.sh \
 	tests/test-nbdsnap-uri.sh \
+	tests/test-security-modes.sh \
+	tests/test-security-names.sh \
 	tests/test-security-tls.sh \
 	tests/test-snapshot-badnames.sh \
 	tests/test-snapshot-badparams.sh \
