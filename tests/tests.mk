@@ -22,6 +22,7 @@ TESTS = \
 	tests/test-cbt-startup.sh \
 	tests/test-cbt-unaligned.sh \
 	tests/test-docs-concepts.sh \
+	tests/test-examples-sidecar.sh \
 	tests/test-faultinject-self.sh \
 	tests/test-filters-valgrind.sh \
 	tests/test-freeze-abort-scratch.sh \
