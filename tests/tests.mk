@@ -51,6 +51,7 @@ TESTS = \
 	tests/test-nbdsnap-restore-blockdev.sh \
 	tests/test-nbdsnap-sync.sh \
 	tests/test-nbdsnap-uri.sh \
+	tests/test-package-deb.sh \
 	tests/test-security-modes.sh \
 	tests/test-security-names.sh \
 	tests/test-security-tls.sh \
