@@ -52,12 +52,20 @@ netns_setup ()
 
 _netns_teardown ()
 {
-    local ns p
+    local ns p i pids=()
     for ns in "$NS_SRV" "$NS_CLI"; do
-        for p in $(ip netns pids "$ns" 2>/dev/null); do
-            kill -9 "$p" 2>/dev/null
-        done
+        pids+=($(ip netns pids "$ns" 2>/dev/null))
     done
+    # SIGTERM first (a sanitizer build reports leaks at exit), then SIGKILL.
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for ((i = 0; i < 100; i++)); do
+        for p in "${pids[@]}"; do
+            kill -0 "$p" 2>/dev/null && break
+        done
+        kill -0 "$p" 2>/dev/null || break
+        sleep 0.05
+    done
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
     for ns in "$NS_SRV" "$NS_CLI"; do
         ip netns del "$ns" 2>/dev/null
     done
