@@ -155,8 +155,37 @@ last=$(json_get "$("$N" --json list "$repo")" 'j["points"][-1]["name"]')
 cmp "$tmpdir/r4.img" "$tmpdir/exp4.img" || fail "the newest point does not restore the disk"
 find "$repo" -type f -perm /077 | grep . && fail "repository files open to others"
 
+echo "== the compose/Pod form: a Unix socket, nbds+unix with the key"
+# (No namespaces: containers share the socket through a volume.)
+us=$tmpdir/usrv
+mkdir -p "$us/run"
+mkdata "$us/disk.img" $((16 * K)) 7
+env NBDSNAP_DISK="$us/disk.img" NBDSNAP_STATE="$us/state" \
+    NBDSNAP_SOCKET="$us/run/disk.sock" NBDSNAP_PSK="$psk" \
+    NBDSNAP_FILTERDIR="$top_builddir/filters" NBDSNAP_EXTRA="-P $us/pid" \
+    sh "$ex/serve.sh" >> "$tmpdir/userve.log" 2>&1 &
+upid=$!
+bg_register $upid
+for ((i = 0; i < 200; i++)); do
+    [ -s "$us/pid" ] && [ -S "$us/run/disk.sock" ] && break
+    kill -0 $upid 2>/dev/null || { cat "$tmpdir/userve.log" >&2; fail "serve.sh (socket) exited"; }
+    sleep 0.05
+done
+UU="nbds+unix://backup@/?socket=$us/run/disk.sock&tls-psk-file=$psk"
+env NBDSNAP_URI="$UU" NBDSNAP_REPO="$us/backup/repo" NBDSNAP="$N" \
+    sh "$ex/backup.sh" >> "$tmpdir/ubackup.log" 2>&1 ||
+    { cat "$tmpdir/ubackup.log" >&2; fail "backup.sh over the socket failed"; }
+pu=$(json_get "$("$N" --json list "$us/backup/repo")" 'j["points"][0]["name"]')
+"$N" restore "$us/backup/repo" "$pu" -o "$tmpdir/ru.img" --no-progress >/dev/null
+cmp "$tmpdir/ru.img" "$us/disk.img" || fail "the socket backup does not restore the disk"
+st=0; "$N" snapshot list "nbd+unix:///?socket=$us/run/disk.sock" >/dev/null 2>&1 || st=$?
+[ "$st" -eq 2 ] || fail "a client of the socket without the key got exit $st"
+[ "$(stat -c %a "$us/state/snap")" = 700 ] || fail "serve.sh's state directory is not 0700"
+kill -TERM $upid; wait $upid 2>/dev/null || true
+
 echo "== without the key"
 st=0; in_cli "$N" backup "nbd://$SRV_IP:$NS_PORT/" "$tmpdir/other" >/dev/null 2>&1 || st=$?
 [ "$st" -eq 2 ] || fail "a backup without TLS got exit $st"
 [ ! -e "$tmpdir/other" ] || fail "a refused backup made a repository"
+kill -TERM $pid; wait $pid 2>/dev/null || true
 echo "$testname: OK"
