@@ -131,6 +131,8 @@ the_story ()
     run 0 "$N" backup "$U" "$repo" --full --name B1 --no-progress
     out_has "backup 'B1' \(full\)"
     run 0 "$N" --json snapshot list "$U"
+    json_check "$(cat "$tmpdir/out")" '[x["name"] for x in j["snapshots"]] == ["s1"]'
+    # (nbdcopy lets a URI name local files: tls-certificates=, tls-psk-file=)
     run 0 nbdcopy --no-extents "$U" "$tmpdir/$name/exp-B1.img"
     netwrite "$U" "$tmpdir/d2" $((20 * K))
     run 0 "$N" backup "$U" "$repo" --name B2 --no-progress
@@ -146,13 +148,16 @@ the_story ()
     run 0 "$N" restore "$repo" B2 -o "$tmpdir/$name/B2.img" --no-progress
     cmp "$tmpdir/$name/B2.img" "$tmpdir/$name/exp-B2.img" ||
         fail "$name: B2 restored differs"
+    # Revert to s1 (taken before B1, nothing written in between).
+    netwrite "$U" "$tmpdir/d2" 0
     run 0 "$N" snapshot revert "$U" s1 --force
+    run 0 nbdcopy --no-extents "$U" "$tmpdir/$name/now.img"
+    cmp "$tmpdir/$name/now.img" "$tmpdir/$name/exp-B1.img" ||
+        fail "$name: revert over the network did not bring s1 back"
     run 0 "$N" snapshot delete "$U" s1
     run 0 "$N" checkpoint delete "$U" c1
 }
 
-# Plain nbdcopy URIs with tls-* query parameters need the local-file
-# permission libnbd gives only to tools that ask; nbdcopy asks.
 echo "== X.509: --tls=require --tls-verify-peer"
 stack x509 --tls=require --tls-certificates="$pki/server" --tls-verify-peer
 UX="nbds://$SRV_IP:$NS_PORT/?tls-certificates=$pki/client"
