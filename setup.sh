@@ -36,6 +36,9 @@ packages=(
     autoconf automake libtool pkg-config make gcc perl
     valgrind e2fsprogs
     clang libclang-rt-14-dev git
+    gnutls-bin iproute2 python3-yaml systemd debhelper dpkg-dev
+    # ^ TLS keys (certtool, psktool), network namespaces, the sidecar
+    #   checks (yaml, systemd-analyze), the Debian package
 )
 
 missing=()

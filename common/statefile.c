@@ -20,7 +20,8 @@ dir_check_writable (int dirfd)
   static const char probe[] = ".nbdsnap-probe", probe2[] = ".nbdsnap-probe2";
   int fd, saved;
 
-  fd = openat (dirfd, probe, O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0600);
+  fd = openat (dirfd, probe, O_WRONLY|O_CREAT|O_TRUNC|O_NOFOLLOW|O_CLOEXEC,
+               0600);
   if (fd == -1)
     return -1;
   close (fd);
@@ -49,7 +50,8 @@ statefile_write (int dirfd, const char *name, const void *buf, size_t len)
     errno = ENAMETOOLONG;
     return -1;
   }
-  fd = openat (dirfd, tmp, O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0644);
+  fd = openat (dirfd, tmp, O_WRONLY|O_CREAT|O_TRUNC|O_NOFOLLOW|O_CLOEXEC,
+               0600);
   if (fd == -1)
     return -1;
   if (write_full (fd, buf, len) == -1)
@@ -88,7 +90,7 @@ statefile_read (int dirfd, const char *name, char **buf, size_t *len)
   size_t done = 0;
   int fd, saved;
 
-  fd = openat (dirfd, name, O_RDONLY|O_CLOEXEC);
+  fd = openat (dirfd, name, O_RDONLY|O_NOFOLLOW|O_CLOEXEC);
   if (fd == -1)
     return -1;
   if (fstat (fd, &st) == -1)

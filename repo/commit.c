@@ -118,7 +118,8 @@ writer_write_index (struct repo_writer *w)
 static int
 write_file_at (int dirfd, const char *name, const void *buf, size_t len)
 {
-  int fd = openat (dirfd, name, O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0600);
+  int fd = openat (dirfd, name, O_WRONLY|O_CREAT|O_TRUNC|O_NOFOLLOW|O_CLOEXEC,
+                   0600);
   int saved;
 
   if (fd == -1)

@@ -31,7 +31,8 @@
 static int
 open_point_dir (struct repo *r, const char *point, char *err, size_t errlen)
 {
-  int fd = openat (r->pointsfd, point, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  int fd = openat (r->pointsfd, point,
+                   O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
 
   if (fd == -1) {
     if (errno == ENOENT)
@@ -151,7 +152,7 @@ point_still_there (struct repo *r, const char *point, int fd)
 int
 repo_point_busy (struct repo *r, const char *point)
 {
-  int fd = openat (r->pointsfd, point, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  int fd = openat (r->pointsfd, point, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
   long pid;
 
   if (fd == -1)

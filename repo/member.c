@@ -76,7 +76,7 @@ member_load_index (struct repo *r, const char *name, struct member *mb,
   const char *bad = NULL;
 
   snprintf (path, sizeof path, "%s/index", name);
-  fd = openat (r->pointsfd, path, O_RDONLY|O_CLOEXEC);
+  fd = openat (r->pointsfd, path, O_RDONLY|O_NOFOLLOW|O_CLOEXEC);
   if (fd == -1 || fstat (fd, &st) == -1) {
     seterr (err, errlen, "restore point %s is damaged: cannot open "
             "%s/points/%s: %m", name, r->dir, path);
@@ -169,7 +169,7 @@ member_open_data (struct repo *r, const char *name, struct member *mb,
   uint8_t hdr[DATA_HDR];
 
   snprintf (path, sizeof path, "%s/data", name);
-  mb->datafd = openat (r->pointsfd, path, O_RDONLY|O_CLOEXEC);
+  mb->datafd = openat (r->pointsfd, path, O_RDONLY|O_NOFOLLOW|O_CLOEXEC);
   if (mb->datafd == -1 || fstat (mb->datafd, &st) == -1) {
     seterr (err, errlen, "restore point %s is damaged: cannot open "
             "%s/points/%s: %m", name, r->dir, path);

@@ -19,7 +19,7 @@
 int
 remove_flat_dir (int parentfd, const char *name)
 {
-  int fd = openat (parentfd, name, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  int fd = openat (parentfd, name, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
   DIR *d;
   struct dirent *de;
   int first = 0;

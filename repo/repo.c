@@ -84,7 +84,7 @@ points_opendir (struct repo *r)
 static bool
 empty_dir_at (int parentfd, const char *name)
 {
-  int fd = openat (parentfd, name, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  int fd = openat (parentfd, name, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
   DIR *d;
   struct dirent *de;
   bool empty = true;
@@ -358,7 +358,7 @@ repo_open (const char *dir, char *err, size_t errlen)
   free (buf);
   buf = NULL;
   r->pointsfd = openat (r->dirfd, "points",
-                        O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+                        O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
   if (r->pointsfd == -1) {
     seterr (err, errlen, "cannot open %s/points: %m (the repository is "
             "damaged: create the empty directory if it was lost)", dir);

@@ -70,7 +70,8 @@ verify_point (struct repo *r, const char *name, struct vctx *v)
    * changed meanwhile; skip it if it is gone.
    */
   for (tries = 0; ; ++tries) {
-    dirfd = openat (r->pointsfd, name, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+    dirfd = openat (r->pointsfd, name,
+                    O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
     if (dirfd == -1 && errno == ENOENT)
       return;                   /* deleted since it was listed */
     if (member_load (r, name, &mb, err, sizeof err) == 0)

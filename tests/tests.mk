@@ -27,6 +27,7 @@ TESTS = \
 	tests/test-docs-concepts.sh \
 	tests/test-docs-stacking.sh \
 	tests/test-examples-ci-fixture.sh \
+	tests/test-examples-sidecar.sh \
 	tests/test-faultinject-self.sh \
 	tests/test-filters-valgrind.sh \
 	tests/test-freeze-abort-scratch.sh \
@@ -63,6 +64,10 @@ TESTS = \
 	tests/test-nbdsnap-sync.sh \
 	tests/test-nbdsnap-until.sh \
 	tests/test-nbdsnap-uri.sh \
+	tests/test-package-deb.sh \
+	tests/test-security-modes.sh \
+	tests/test-security-names.sh \
+	tests/test-security-tls.sh \
 	tests/test-snapshot-badnames.sh \
 	tests/test-snapshot-badparams.sh \
 	tests/test-snapshot-badstate.sh \

@@ -201,10 +201,11 @@ open_target (struct restore *R)
                  R->target, strerror (e));
   }
   {
-    /* The mode of the file it replaces, else 0666 less the umask. */
-    mode_t m = umask (0);
-    umask (m);
-    m = stat (R->target, &st) == 0 ? (st.st_mode & 07777) : (0666 & ~m);
+    /* The mode of the file it replaces, else 0600: a new file holds a
+     * disk's contents, which other users have no business reading
+     * (whatever the umask; chmod it to share it).
+     */
+    mode_t m = stat (R->target, &st) == 0 ? (st.st_mode & 07777) : 0600;
     if (fchmod (R->fd, m) == -1 || ftruncate (R->fd, R->size) == -1)
       return fail (EXIT_FAILED, "%s: %s", R->tmpname, strerror (errno));
   }

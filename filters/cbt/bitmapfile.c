@@ -126,7 +126,7 @@ bm_open (struct ckpt *c)
   int fd;
 
   bm_name (c->id, name, sizeof name);
-  fd = openat (T.dirfd, name, O_RDWR|O_CLOEXEC);
+  fd = openat (T.dirfd, name, O_RDWR|O_NOFOLLOW|O_CLOEXEC);
   if (fd == -1)
     return -1;
   if (c->fd >= 0)

@@ -43,6 +43,7 @@ static struct tracker_config cfg = { .sync = CBT_SYNC_FLUSH };
 static unsigned policy = POLICY_DEFAULT;
 static unsigned below;          /* nbdsnap filters below (stack.h) */
 STACK_EXPORT (cbt)
+POLICY_EXPORT (cbt)
 /* The disk whose history the bitmaps hold (filters/common/diskname.h). */
 static struct disk_name disk = DISK_NAME_INIT;
 

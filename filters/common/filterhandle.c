@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "filterhandle.h"
+#include "policy.h"
 
 void
 fh_close (void *handle)
@@ -26,8 +27,11 @@ fh_command (struct filter_handle *fh, const char *filter, unsigned policy,
 
   fh->kind = COMMAND;
   if (command_allowed (&c, strcmp (en->verb, "list") != 0, policy, readonly,
-                       is_tls) == 0)
+                       is_tls) == 0) {
+    policy_thread_tls (is_tls);         /* for commands it opens below */
     r = perform (&c, en, opaque);
+    policy_thread_tls (0);
+  }
   command_finish (&c, r, &fh->json, &fh->json_len);
   if (fh->json == NULL) {
     nbdkit_error ("%s: out of memory", filter);

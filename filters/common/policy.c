@@ -1,6 +1,8 @@
 /* nbdsnap filters: command policy. */
 #include <config.h>
 
+#include <dlfcn.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -32,6 +34,41 @@ policy_parse (const char *value, unsigned *policy)
   return 0;
 }
 
+static __thread int thread_tls;  /* policy_thread_tls (policy.h) */
+
+void
+policy_thread_tls (int is_tls)
+{
+  thread_tls = is_tls > 0;
+}
+
+int
+policy_thread_tls_get (void)
+{
+  return thread_tls;
+}
+
+/* Is a filter above performing a command for a TLS client in this
+ * thread?
+ */
+static bool
+above_tls (void)
+{
+  static const char *const names[] = { "snapshot", "cbt", "freeze" };
+  size_t i;
+
+  for (i = 0; i < sizeof names / sizeof names[0]; ++i) {
+    char sym[64];
+    int (*get) (void);
+
+    snprintf (sym, sizeof sym, "nbdsnap_client_tls_%s", names[i]);
+    *(void **) &get = dlsym (RTLD_DEFAULT, sym);
+    if (get && get ())
+      return true;
+  }
+  return false;
+}
+
 bool
 policy_allows (unsigned policy, int is_tls)
 {
@@ -39,6 +76,8 @@ policy_allows (unsigned policy, int is_tls)
   socklen_t len = sizeof ss;
 
   if (policy & POLICY_ANY)
+    return true;
+  if ((policy & POLICY_TLS) && !is_tls && above_tls ())
     return true;
   if ((policy & POLICY_TLS) && is_tls)
     return true;

@@ -29,7 +29,8 @@ statedir_open_locked (const char *param, const char *dir, int *dirfd,
     nbdkit_error ("%s %s: %m", param, dir);
     return -1;
   }
-  *lockfd = openat (*dirfd, "lock", O_RDWR|O_CREAT|O_CLOEXEC, 0600);
+  *lockfd = openat (*dirfd, "lock", O_RDWR|O_CREAT|O_NOFOLLOW|O_CLOEXEC,
+                    0600);
   if (*lockfd == -1) {
     nbdkit_error ("%s %s: not writable (%m): nbdkit needs to write its "
                   "state there; fix the permissions or the mount", param,

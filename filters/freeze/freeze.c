@@ -41,6 +41,7 @@ static nbdkit_backend *backend;
 static struct disk_name disk = DISK_NAME_INIT;
 static unsigned below;          /* nbdsnap filters below (stack.h) */
 STACK_EXPORT (freeze)
+POLICY_EXPORT (freeze)
 
 static void
 freeze_unload (void)

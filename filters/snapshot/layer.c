@@ -38,7 +38,7 @@ layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
 {
   struct layer *l;
   char name[64];
-  int flags = O_RDWR|O_CLOEXEC;
+  int flags = O_RDWR|O_NOFOLLOW|O_CLOEXEC;
 
   l = calloc (1, sizeof *l);
   if (l == NULL) {
@@ -61,7 +61,7 @@ layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
   layer_data_name (id, name, sizeof name);
   if (create)
     flags |= O_CREAT|O_TRUNC;
-  l->fd = openat (dirfd, name, flags, 0644);
+  l->fd = openat (dirfd, name, flags, 0600);
   if (l->fd == -1) {
     int e = errno;
     snprintf (why, whylen, "%s: %s", name, strerror (e));

@@ -37,6 +37,7 @@ static struct store_config cfg;
 static unsigned policy = POLICY_DEFAULT;
 static unsigned below;          /* nbdsnap filters below (stack.h) */
 STACK_EXPORT (snapshot)
+POLICY_EXPORT (snapshot)
 static nbdkit_backend *backend;         /* for store_ready in .open */
 
 /* Take our parameters; pass the others down. */
