@@ -152,7 +152,8 @@ point_still_there (struct repo *r, const char *point, int fd)
 int
 repo_point_busy (struct repo *r, const char *point)
 {
-  int fd = openat (r->pointsfd, point, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
+  int fd = openat (r->pointsfd, point,
+                   O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
   long pid;
 
   if (fd == -1)
