@@ -37,6 +37,7 @@ TESTS = \
 	tests/test-freeze-end-open-view.sh \
 	tests/test-freeze-nocbt.sh \
 	tests/test-freeze-one-disk.sh \
+	tests/test-freeze-parallel-open.sh \
 	tests/test-freeze-revert.sh \
 	tests/test-freeze-scratch.sh \
 	tests/test-freeze-startup.sh \
