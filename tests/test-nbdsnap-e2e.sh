@@ -26,10 +26,15 @@ requires nbdkit --filter=delay null --dump-plugin
 
 SIZE=$((32 * 1024 * 1024 + 12 * 1024))
 repo=$tmpdir/repo
+# Reads are slowed so that a backup is still copying while the test
+# writes (backup_during_writes); slower in a sanitizer build, where the
+# writes themselves take longer.
+delay=200ms
+[ -z "$NBDSNAP_SANITIZER" ] || delay=600ms
 start_server srv --filter=delay --filter="$FREEZE_FILTER" \
     --filter="$CBT_FILTER" --filter="$F" memory "$SIZE" \
     freeze-dir="$tmpdir" cbt-dir="$tmpdir/cbt" snapshot-dir="$tmpdir/snap" \
-    cbt-granularity=16K delay-read=200ms
+    cbt-granularity=16K delay-read=$delay
 U=$(uri srv)
 
 # writes SEED COUNT: random writes, zeroes and trims on the live disk.
