@@ -96,4 +96,5 @@ TESTS = \
 	tests/test-snapshot-tree.sh \
 	tests/test-snapshot-unaligned.sh \
 	tests/test-snapshot-views.sh \
-	tests/test-stack-stress.sh
+	tests/test-stack-stress.sh \
+	tests/test-stack-valgrind.sh
