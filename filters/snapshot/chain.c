@@ -7,34 +7,51 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "store-internal.h"
 
-/* Compute the owner map of the chain ending at top (NULL: the plugin):
+/* Build the owner map of the chain ending at top (NULL: the plugin):
  * from the top down, a block takes the first layer that holds it.
- * Slots start at 1, so 0 (the plugin) means "not seen yet".
+ * Slots start at 1, so 0 (the plugin) means "not seen yet".  Only the
+ * leaves the layers hold are visited: the cost follows the written data.
  */
-void
-compute_owner (struct layer *top, uint16_t *owner)
+int
+compute_owner (struct layer *top, struct omap *owner)
 {
   struct layer *l;
-  size_t w;
+  size_t i, w;
 
-  memset (owner, 0, S.g.nblocks * sizeof *owner);
+  if (omap_init (owner, S.g.nblocks) == -1)
+    return -1;
   for (l = top; l; l = l->parent) {
-    for (w = 0; w < l->st.nwords; ++w) {
-      uint64_t p = bstate_presence (l->st.words[w]);
-      while (p) {
-        unsigned bit = __builtin_ctzll (p);
-        uint16_t *o = &owner[w * 32 + bit / 2];
-        if (*o == 0)
-          *o = l->slot;
-        p &= p - 1;
+    for (i = 0; i < l->st.nleaves; ++i) {
+      const uint64_t *lf = smap_leaf (&l->st, i);
+      uint16_t *ol = NULL;
+
+      if (lf == NULL)
+        continue;
+      for (w = 0; w < LEAF_WORDS; ++w) {
+        uint64_t p = bstate_presence (__atomic_load_n (&lf[w],
+                                                       __ATOMIC_ACQUIRE));
+        if (p && ol == NULL && (ol = omap_leaf_make (owner, i)) == NULL) {
+          omap_free (owner);
+          errno = ENOMEM;
+          return -1;
+        }
+        while (p) {
+          unsigned bit = __builtin_ctzll (p);
+          uint16_t *o = &ol[w * 32 + bit / 2];
+          if (*o == 0)
+            *o = l->slot;
+          p &= p - 1;
+        }
       }
     }
   }
+  return 0;
 }
 
 /* The number of layers of the chain from l down. */
