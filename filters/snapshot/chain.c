@@ -54,6 +54,28 @@ compute_owner (struct layer *top, struct omap *owner)
   return 0;
 }
 
+/* Make sure the leaves that blocks [b0, b0+nb) need in the active
+ * layer a's map and in the live owner map exist.  Called before a
+ * request changes anything, so that marking the blocks afterwards
+ * cannot fail.  -1 on ENOMEM.
+ */
+int
+leaves_ready (struct layer *a, uint64_t b0, uint64_t nb)
+{
+  size_t i, last = (b0 + nb - 1) >> LEAF_SHIFT;
+
+  for (i = b0 >> LEAF_SHIFT; nb > 0 && i <= last; ++i) {
+    if ((smap_leaf (&a->st, i) == NULL &&
+         smap_leaf_make (&a->st, i) == NULL) ||
+        (__atomic_load_n (&S.owner.leaf[i], __ATOMIC_ACQUIRE) == NULL &&
+         omap_leaf_make (&S.owner, i) == NULL)) {
+      errno = ENOMEM;
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* The number of layers of the chain from l down. */
 static size_t
 depth (struct layer *l)

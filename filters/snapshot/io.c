@@ -93,6 +93,12 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
   unsigned v = buf ? BSTATE_DATA : BSTATE_ZERO;
   uint64_t b;
 
+  if (leaves_ready (a, b0, nb) == -1) {
+    *err = ENOMEM;
+    nbdkit_error ("snapshot: write: out of memory for the block maps");
+    return -1;
+  }
+
   if (__atomic_load_n (&S.merge_into_active, __ATOMIC_ACQUIRE)) {
     /* A merge is filling the active layer: go block by block under the
      * stripe locks so that it never overwrites a newer write.
@@ -148,6 +154,11 @@ rmw_locked (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
   struct layer *a = S.active;
   uint64_t bl = geom_block_len (&S.g, b), off = geom_offset (&S.g, b);
 
+  if (leaves_ready (a, b, 1) == -1) {
+    *err = ENOMEM;
+    nbdkit_error ("snapshot: write: out of memory for the block maps");
+    return -1;
+  }
   if (read_owner (&S.owner, next, tmp, bl, off, err) == -1)
     return -1;
   if (src)

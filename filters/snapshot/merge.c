@@ -43,6 +43,12 @@ copy_block (struct layer *l, struct layer *c, uint64_t b, unsigned st,
 
   if (smap_get (&c->st, b) != BSTATE_ABSENT)
     return 0;                   /* c has its own (newer) bytes */
+  if (smap_leaf_make (&c->st, b >> LEAF_SHIFT) == NULL) {
+    snprintf (why, whylen, "out of memory for the map of layer %" PRIu64,
+              c->id);
+    errno = ENOMEM;
+    return -1;
+  }
   if (st == BSTATE_DATA) {
     if (pread_sparse (l->fd, buf, bl, off) == -1) {
       snprintf (why, whylen, "reading layer %" PRIu64 ": %s", l->id,

@@ -77,9 +77,9 @@ smap_get (const struct smap *m, uint64_t b)
 }
 
 /* Set the state of block b, returning the previous one (atomic).  The
- * leaf is allocated if needed; a failure to allocate its 1 KiB aborts
- * the process (a crash: what was made durable before is what the next
- * start finds).
+ * caller has made its leaf with smap_leaf_make if v is not ABSENT (so
+ * that this cannot fail); if not, it is made here, and a failure to
+ * allocate it aborts the process.
  */
 unsigned smap_set (struct smap *m, uint64_t b, unsigned v)
   __attribute__ ((nonnull));
@@ -107,8 +107,8 @@ omap_get (const struct omap *m, uint64_t b)
             : 0;
 }
 
-/* Set the owner of block b (allocating its leaf; aborts if that fails,
- * as smap_set).
+/* Set the owner of block b (its leaf made before by omap_leaf_make if v
+ * is not 0; if not, as smap_set).
  */
 void omap_set (struct omap *m, uint64_t b, uint16_t v)
   __attribute__ ((nonnull));

@@ -118,6 +118,12 @@ stripe (uint64_t b)
  */
 int compute_owner (struct layer *top, struct omap *owner)
   __attribute__ ((nonnull (2)));
+/* Allocate the map leaves that writing blocks [b0, b0+nb) of the active
+ * layer a will mark (the layer's, the live owner map's), so that marking
+ * cannot fail.  -1 on ENOMEM.
+ */
+int leaves_ready (struct layer *a, uint64_t b0, uint64_t nb)
+  __attribute__ ((nonnull (1)));
 /* The layers in exactly one of the chains of a and b: a malloc'd array
  * of *n of them, or NULL (ENOMEM).
  */
