@@ -27,12 +27,13 @@ compute_owner (struct layer *top, struct omap *owner)
   if (omap_init (owner, S.g.nblocks) == -1)
     return -1;
   for (l = top; l; l = l->parent) {
-    for (i = 0; i < l->st.nleaves; ++i) {
-      const uint64_t *lf = smap_leaf (&l->st, i);
+    const struct smap *m = &l->st;
+
+    for (i = sparse_next (m->present, m->nleaves, 0); i < m->nleaves;
+         i = sparse_next (m->present, m->nleaves, i + 1)) {
+      const uint64_t *lf = smap_leaf (m, i);
       uint16_t *ol = NULL;
 
-      if (lf == NULL)
-        continue;
       for (w = 0; w < LEAF_WORDS; ++w) {
         uint64_t p = bstate_presence (__atomic_load_n (&lf[w],
                                                        __ATOMIC_ACQUIRE));

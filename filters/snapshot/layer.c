@@ -195,8 +195,10 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
   /* Room for every leaf present now; leaves that hold no block (or that
    * appear after this count) are left out.
    */
-  for (i = n = 0; i < l->st.nleaves; ++i)
-    n += smap_leaf (&l->st, i) != NULL;
+  n = 0;
+  for (i = sparse_next (l->st.present, l->st.nleaves, 0); i < l->st.nleaves;
+       i = sparse_next (l->st.present, l->st.nleaves, i + 1))
+    n++;
   buf = calloc (1, BINHDR_SIZE + n * MAP_ENTRY);
   if (buf == NULL) {
     snprintf (what, whatlen, "memory for the map of %s", name);
@@ -204,13 +206,12 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
     return -1;
   }
   ep = buf + BINHDR_SIZE;
-  for (i = 0; i < l->st.nleaves && ep < buf + BINHDR_SIZE + n * MAP_ENTRY;
-       ++i) {
+  for (i = sparse_next (l->st.present, l->st.nleaves, 0);
+       i < l->st.nleaves && ep < buf + BINHDR_SIZE + n * MAP_ENTRY;
+       i = sparse_next (l->st.present, l->st.nleaves, i + 1)) {
     const uint64_t *lf = smap_leaf (&l->st, i);
     uint64_t any = 0;
 
-    if (lf == NULL)
-      continue;
     put_le64 (ep, i);
     for (w = 0; w < LEAF_WORDS; ++w) {
       uint64_t v = __atomic_load_n (&lf[w], __ATOMIC_ACQUIRE);

@@ -99,8 +99,10 @@ merge_into (struct layer *l, struct layer *c, char *why, size_t whylen)
 
     const uint64_t *lf = smap_leaf (&l->st, b >> LEAF_SHIFT);
 
-    if (lf == NULL) {
-      b |= LEAF_BLOCKS - 1;     /* the next leaf */
+    if (lf == NULL) {           /* on to the next leaf l holds */
+      size_t nx = sparse_next (l->st.present, l->st.nleaves,
+                               (b >> LEAF_SHIFT) + 1);
+      b = ((uint64_t) nx << LEAF_SHIFT) - 1;
       continue;
     }
     if ((b & 31) == 0 && lf[(b & (LEAF_BLOCKS - 1)) >> 5] == 0) {

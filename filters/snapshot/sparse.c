@@ -32,12 +32,40 @@ top_free (void *p, size_t n)
     munmap (p, (n ? n : 1) * sizeof (void *));
 }
 
-/* Allocate a zeroed leaf of size bytes into *slot unless one is there;
- * the leaf in place, or NULL on ENOMEM.
+size_t
+sparse_next (const uint64_t *present, size_t nleaves, size_t i)
+{
+  size_t w = i / 64;
+  uint64_t bits;
+
+  if (i >= nleaves)
+    return nleaves;
+  bits = __atomic_load_n (&present[w], __ATOMIC_ACQUIRE) &
+    (~UINT64_C (0) << (i % 64));
+  while (bits == 0) {
+    if (++w * 64 >= nleaves)
+      return nleaves;
+    bits = __atomic_load_n (&present[w], __ATOMIC_ACQUIRE);
+  }
+  i = w * 64 + __builtin_ctzll (bits);
+  return i < nleaves ? i : nleaves;
+}
+
+/* The present bits of n leaves (zeroed), or NULL. */
+static uint64_t *
+present_alloc (size_t n)
+{
+  return calloc ((n + 63) / 64 + 1, sizeof (uint64_t));
+}
+
+/* Allocate a zeroed leaf of size bytes into leaf i of slots unless one
+ * is there, and set its present bit; the leaf in place, or NULL on
+ * ENOMEM.
  */
 static void *
-leaf_make (void **slot, size_t size)
+leaf_make (void **slots, uint64_t *present, size_t i, size_t size)
 {
+  void **slot = &slots[i];
   void *lf = __atomic_load_n (slot, __ATOMIC_ACQUIRE), *expect = NULL;
 
   if (lf)
@@ -50,6 +78,8 @@ leaf_make (void **slot, size_t size)
     free (lf);                  /* another thread put one first */
     return expect;
   }
+  __atomic_fetch_or (&present[i / 64], UINT64_C (1) << (i % 64),
+                     __ATOMIC_RELEASE);
   return lf;
 }
 
@@ -67,7 +97,9 @@ smap_init (struct smap *m, uint64_t nblocks)
   m->nblocks = nblocks;
   m->nleaves = sparse_nleaves (nblocks);
   m->leaf = top_alloc (m->nleaves);
-  if (m->leaf == NULL) {
+  m->present = present_alloc (m->nleaves);
+  if (m->leaf == NULL || m->present == NULL) {
+    smap_free (m);
     errno = ENOMEM;
     return -1;
   }
@@ -79,18 +111,21 @@ smap_free (struct smap *m)
 {
   size_t i;
 
-  if (m->leaf == NULL)
-    return;
-  for (i = 0; i < m->nleaves; ++i)
-    free (m->leaf[i]);
+  if (m->leaf && m->present)
+    for (i = sparse_next (m->present, m->nleaves, 0); i < m->nleaves;
+         i = sparse_next (m->present, m->nleaves, i + 1))
+      free (m->leaf[i]);
   top_free (m->leaf, m->nleaves);
+  free (m->present);
   m->leaf = NULL;
+  m->present = NULL;
 }
 
 uint64_t *
 smap_leaf_make (struct smap *m, size_t i)
 {
-  return leaf_make ((void **) &m->leaf[i], LEAF_WORDS * sizeof (uint64_t));
+  return leaf_make ((void **) m->leaf, m->present, i,
+                    LEAF_WORDS * sizeof (uint64_t));
 }
 
 unsigned
@@ -124,10 +159,9 @@ smap_count (const struct smap *m)
   uint64_t n = 0;
   size_t i, w;
 
-  for (i = 0; i < m->nleaves; ++i) {
+  for (i = sparse_next (m->present, m->nleaves, 0); i < m->nleaves;
+       i = sparse_next (m->present, m->nleaves, i + 1)) {
     const uint64_t *lf = smap_leaf (m, i);
-    if (lf == NULL)
-      continue;
     for (w = 0; w < LEAF_WORDS; ++w)
       n += __builtin_popcountll (bstate_presence (lf[w]));
   }
@@ -139,7 +173,9 @@ omap_init (struct omap *m, uint64_t nblocks)
 {
   m->nleaves = sparse_nleaves (nblocks);
   m->leaf = top_alloc (m->nleaves);
-  if (m->leaf == NULL) {
+  m->present = present_alloc (m->nleaves);
+  if (m->leaf == NULL || m->present == NULL) {
+    omap_free (m);
     errno = ENOMEM;
     return -1;
   }
@@ -151,18 +187,21 @@ omap_free (struct omap *m)
 {
   size_t i;
 
-  if (m->leaf == NULL)
-    return;
-  for (i = 0; i < m->nleaves; ++i)
-    free (m->leaf[i]);
+  if (m->leaf && m->present)
+    for (i = sparse_next (m->present, m->nleaves, 0); i < m->nleaves;
+         i = sparse_next (m->present, m->nleaves, i + 1))
+      free (m->leaf[i]);
   top_free (m->leaf, m->nleaves);
+  free (m->present);
   m->leaf = NULL;
+  m->present = NULL;
 }
 
 uint16_t *
 omap_leaf_make (struct omap *m, size_t i)
 {
-  return leaf_make ((void **) &m->leaf[i], LEAF_BLOCKS * sizeof (uint16_t));
+  return leaf_make ((void **) m->leaf, m->present, i,
+                    LEAF_BLOCKS * sizeof (uint16_t));
 }
 
 void

@@ -6,6 +6,10 @@
  * all owner 0 = the plugin).  Memory, the files and every walk over a map
  * then follow the written data, not the size of the disk.
  *
+ * A bit per leaf (present) says which leaves exist, so that walks over a
+ * map (start-up, revert, saving, merging) visit only those:
+ * sparse_next.
+ *
  * Lookups are lock-free: an atomic load of the leaf pointer, then of the
  * entry.  Leaves are only freed with the whole map (smap_free/omap_free),
  * which callers do when no request can read the map any more (the layer
@@ -32,14 +36,22 @@
 
 struct smap {
   uint64_t **leaf;              /* nleaves pointers (atomic), NULL: empty */
+  uint64_t *present;            /* bit i: leaf i exists (atomic) */
   uint64_t nblocks;
   size_t nleaves;
 };
 
 struct omap {
   uint16_t **leaf;              /* nleaves pointers (atomic), NULL: all 0 */
+  uint64_t *present;            /* bit i: leaf i exists (atomic) */
   size_t nleaves;
 };
+
+/* The first leaf >= i whose present bit is set, or nleaves.  Walk a map
+ * with: for (i = sparse_next (m->present, m->nleaves, 0); i < m->nleaves;
+ * i = sparse_next (m->present, m->nleaves, i + 1)).
+ */
+size_t sparse_next (const uint64_t *present, size_t nleaves, size_t i);
 
 /* The number of leaves of a disk of nblocks blocks. */
 static inline size_t
