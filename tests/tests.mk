@@ -90,6 +90,7 @@ TESTS = \
 	tests/test-snapshot-revert-busy.sh \
 	tests/test-snapshot-revert-on-close.sh \
 	tests/test-snapshot-rodir.sh \
+	tests/test-snapshot-scale.sh \
 	tests/test-snapshot-startup.sh \
 	tests/test-snapshot-sticky.sh \
 	tests/test-snapshot-strays.sh \

@@ -177,6 +177,7 @@ int
 do_revert (struct command *c, struct layer *target, uint64_t *discarded)
 {
   struct layer *old, *n;
+  struct omap owner;
   char why[256];
   int r, e;
 
@@ -184,9 +185,15 @@ do_revert (struct command *c, struct layer *target, uint64_t *discarded)
     return -1;
   GATE_HOLD_FOR_CURRENT_SCOPE (&S.gate);
   old = S.active;
+  /* The new owner map first: nothing can fail after the commit. */
+  if (compute_owner (target, &owner) == -1)
+    return fail_errno (c, ENOMEM, "out of memory for the owner map");
   n = new_layer (target, why, sizeof why);
-  if (n == NULL)
-    return fail_errno (c, errno, "%s", why);
+  if (n == NULL) {
+    e = errno;
+    omap_free (&owner);
+    return fail_errno (c, e, "%s", why);
+  }
   n->active = true;
   S.active = n;
   old->active = false;
@@ -198,10 +205,13 @@ do_revert (struct command *c, struct layer *target, uint64_t *discarded)
     old->active = true;
     S.active = old;
     drop_new_layer (n);
+    omap_free (&owner);
     return fail_errno (c, e, "cannot write the state file: %s",
                        strerror (e));
   }
-  compute_owner (target, S.owner);
+  /* No request runs (the gate is held): the old map can go. */
+  omap_free (&S.owner);
+  S.owner = owner;
   *discarded = __atomic_load_n (&old->held, __ATOMIC_RELAXED)
     * S.g.block_size;
   old->detached = false;

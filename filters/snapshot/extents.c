@@ -21,7 +21,7 @@ changed (struct layer **set, size_t n, uint64_t b)
 {
   size_t i;
   for (i = 0; i < n; ++i)
-    if (bstate_get (&set[i]->st, b) != BSTATE_ABSENT)
+    if (smap_get (&set[i]->st, b) != BSTATE_ABSENT)
       return true;
   return false;
 }
@@ -30,7 +30,7 @@ changed (struct layer **set, size_t n, uint64_t b)
 
 /* What the extents of a chain are asked about. */
 struct question {
-  const uint16_t *owner;        /* the chain's owner map */
+  const struct omap *owner;     /* the chain's owner map */
   bool diff;                    /* a change map (else plain extents) */
   struct layer **set;           /* change maps: the layers that changed */
   size_t nset;
@@ -41,7 +41,7 @@ static uint32_t
 block_type (const struct question *q, uint64_t b)
 {
   uint16_t o = owner_get (q->owner, b);
-  unsigned st = o ? bstate_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
+  unsigned st = o ? smap_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
 
   if (q->diff)
     return !changed (q->set, q->nset, b) ? NBDKIT_EXTENT_HOLE
@@ -81,7 +81,7 @@ add_plugin_extents (nbdkit_next *next, uint64_t offset, uint64_t end,
  * the same type become one extent.
  */
 static int
-extents_owner (const uint16_t *owner, struct layer *target,
+extents_owner (const struct omap *owner, struct layer *target,
                struct layer *base, nbdkit_next *next, uint64_t count,
                uint64_t offset, uint32_t flags,
                struct nbdkit_extents *extents, int *err)
@@ -138,10 +138,10 @@ store_extents (struct view *v, nbdkit_next *next, uint32_t count,
 
   gate_enter (&S.gate);     /* chains stay still while we look at them */
   if (v->live)
-    r = extents_owner (S.owner, S.active, v->base, next, count, offset,
+    r = extents_owner (&S.owner, S.active, v->base, next, count, offset,
                        flags, extents, err);
   else
-    r = extents_owner (v->owner, v->top, v->base, next, count, offset,
+    r = extents_owner (&v->owner, v->top, v->base, next, count, offset,
                        flags, extents, err);
   gate_leave (&S.gate);
   return r;

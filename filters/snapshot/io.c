@@ -21,9 +21,9 @@
 static void
 mark (struct layer *a, uint64_t b, unsigned v)
 {
-  if (bstate_set (&a->st, b, v) == BSTATE_ABSENT)
+  if (smap_set (&a->st, b, v) == BSTATE_ABSENT)
     __atomic_add_fetch (&a->held, 1, __ATOMIC_RELAXED);
-  owner_set (S.owner, b, a->slot);
+  owner_set (&S.owner, b, a->slot);
 }
 
 /* Read [offset, offset+count) through an owner map: runs of blocks held
@@ -31,7 +31,7 @@ mark (struct layer *a, uint64_t b, unsigned v)
  * read, so big requests stay big.
  */
 static int
-read_owner (const uint16_t *owner, nbdkit_next *next, char *buf,
+read_owner (const struct omap *owner, nbdkit_next *next, char *buf,
             uint64_t count, uint64_t offset, int *err)
 {
   const uint64_t end = offset + count;
@@ -39,13 +39,13 @@ read_owner (const uint16_t *owner, nbdkit_next *next, char *buf,
   while (offset < end) {
     uint64_t b = geom_block (&S.g, offset);
     uint16_t o = owner_get (owner, b);
-    unsigned st = o ? bstate_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
+    unsigned st = o ? smap_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
     uint64_t run_end = min64 (end, geom_offset (&S.g, b + 1)), len;
 
     while (run_end < end) {
       uint64_t nb = geom_block (&S.g, run_end);
       uint16_t o2 = owner_get (owner, nb);
-      if (o2 != o || (o && bstate_get (&S.slots[o]->st, nb) != st))
+      if (o2 != o || (o && smap_get (&S.slots[o]->st, nb) != st))
         break;
       run_end = min64 (end, geom_offset (&S.g, nb + 1));
     }
@@ -76,9 +76,9 @@ store_pread (struct view *v, nbdkit_next *next, void *buf,
   int r;
 
   if (!v->live)
-    return read_owner (v->owner, next, buf, count, offset, err);
+    return read_owner (&v->owner, next, buf, count, offset, err);
   gate_enter (&S.gate);
-  r = read_owner (S.owner, next, buf, count, offset, err);
+  r = read_owner (&S.owner, next, buf, count, offset, err);
   gate_leave (&S.gate);
   return r;
 }
@@ -92,6 +92,12 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
   uint64_t len = min64 (nb << S.g.shift, S.g.disk_size - off);
   unsigned v = buf ? BSTATE_DATA : BSTATE_ZERO;
   uint64_t b;
+
+  if (leaves_ready (a, b0, nb) == -1) {
+    *err = ENOMEM;
+    nbdkit_error ("snapshot: write: out of memory for the block maps");
+    return -1;
+  }
 
   if (__atomic_load_n (&S.merge_into_active, __ATOMIC_ACQUIRE)) {
     /* A merge is filling the active layer: go block by block under the
@@ -148,7 +154,12 @@ rmw_locked (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
   struct layer *a = S.active;
   uint64_t bl = geom_block_len (&S.g, b), off = geom_offset (&S.g, b);
 
-  if (read_owner (S.owner, next, tmp, bl, off, err) == -1)
+  if (leaves_ready (a, b, 1) == -1) {
+    *err = ENOMEM;
+    nbdkit_error ("snapshot: write: out of memory for the block maps");
+    return -1;
+  }
+  if (read_owner (&S.owner, next, tmp, bl, off, err) == -1)
     return -1;
   if (src)
     memcpy (tmp + boff, src, n);

@@ -13,9 +13,15 @@
 #include "layer.h"
 #include "statefile.h"
 
-/* Map file: the binhdr header, then the 2-bit state words (LE). */
+/* Map file: the binhdr header, then one entry per leaf that holds a
+ * block, in increasing leaf order: the leaf index (u64), then the leaf's
+ * LEAF_WORDS 2-bit state words (u64 each, LE).  Version 1 was a dense
+ * array of every word of the disk; 2 was never written.
+ */
 #define MAP_MAGIC "NBDSNAPM"
-#define MAP_VERSION 1
+#define MAP_VERSION 3
+#define MAP_OLD_VERSION 1
+#define MAP_ENTRY (8 + LEAF_WORDS * 8)
 
 /* The name of layer id's data file. */
 void
@@ -50,7 +56,7 @@ layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
   l->fd = -1;
   l->refs = 1;
   pthread_mutex_init (&l->save_lock, NULL);
-  if (bstate_init (&l->st, g->nblocks) == -1) {
+  if (smap_init (&l->st, g->nblocks) == -1) {
     snprintf (why, whylen, "out of memory for a map of %" PRIu64 " blocks",
               g->nblocks);
     pthread_mutex_destroy (&l->save_lock);
@@ -79,7 +85,8 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
 {
   char name[64];
   char *buf = NULL;
-  size_t len, i, payload = l->st.nwords * 8;
+  size_t len, i, n, w;
+  uint64_t prev = 0, last_words;
   struct binhdr h;
   const uint8_t *p;
 
@@ -89,12 +96,22 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
     return -1;
   }
   p = (const uint8_t *) buf;
+  if (len >= 12 && memcmp (buf, MAP_MAGIC, 8) == 0 &&
+      get_le32 (p + 8) == MAP_OLD_VERSION) {
+    snprintf (why, whylen, "%s: old layer map format %d (dense, written by "
+              "nbdsnap before 2026-12); this nbdsnap reads format %d only. "
+              "Copy out the snapshots you need with the nbdsnap that wrote "
+              "this snapshot-dir, then start on an empty one (see "
+              "docs/snapshot-format.md, \"Versions\")", name,
+              MAP_OLD_VERSION, MAP_VERSION);
+    goto err;
+  }
   if (binhdr_check ((uint8_t *) buf, len, MAP_MAGIC, MAP_VERSION, false, name,
                     "layer map", &h, NULL, why, whylen) == -1)
     goto err;
-  if (h.payload_len != payload) {
+  if (h.payload_len % MAP_ENTRY != 0) {
     snprintf (why, whylen, "%s: truncated or wrong length (%zu bytes, "
-              "expected %zu)", name, len, BINHDR_SIZE + payload);
+              "not a whole number of leaves)", name, len);
     goto err;
   }
   if (h.block_size != g->block_size || h.id != l->id ||
@@ -103,19 +120,39 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
               name);
     goto err;
   }
-  for (i = 0; i < l->st.nwords; ++i) {
-    uint64_t w = get_le64 (p + BINHDR_SIZE + 8 * i);
-    /* State 3 is not defined; bits past the last block must be clear. */
-    if ((w & (w >> 1) & UINT64_C (0x5555555555555555)) ||
-        (i == l->st.nwords - 1 && (g->nblocks & 31) &&
-         (w >> ((g->nblocks & 31) * 2)))) {
-      snprintf (why, whylen, "%s: invalid block state (file is corrupt)",
-                name);
+  /* Words of the last leaf that hold blocks (the others must be 0). */
+  last_words = ((g->nblocks - 1) & (LEAF_BLOCKS - 1)) / 32 + 1;
+  n = h.payload_len / MAP_ENTRY;
+  for (i = 0; i < n; ++i) {
+    const uint8_t *e = p + BINHDR_SIZE + i * MAP_ENTRY;
+    uint64_t li = get_le64 (e), *lf;
+
+    if (li >= l->st.nleaves || (i > 0 && li <= prev)) {
+      snprintf (why, whylen, "%s: invalid leaf index %" PRIu64 " (file is "
+                "corrupt)", name, li);
       goto err;
     }
-    l->st.words[i] = w;
+    prev = li;
+    if ((lf = smap_leaf_make (&l->st, li)) == NULL) {
+      snprintf (why, whylen, "%s: out of memory", name);
+      goto err;
+    }
+    for (w = 0; w < LEAF_WORDS; ++w) {
+      uint64_t v = get_le64 (e + 8 + 8 * w);
+      bool last = li == l->st.nleaves - 1;
+      /* State 3 is not defined; bits past the last block must be clear. */
+      if ((v & (v >> 1) & UINT64_C (0x5555555555555555)) ||
+          (last && w >= last_words && v) ||
+          (last && w == last_words - 1 && (g->nblocks & 31) &&
+           (v >> ((g->nblocks & 31) * 2)))) {
+        snprintf (why, whylen, "%s: invalid block state (file is corrupt)",
+                  name);
+        goto err;
+      }
+      lf[w] = v;
+    }
   }
-  l->held = bstate_count (&l->st);
+  l->held = smap_count (&l->st);
   free (buf);
   return 0;
 
@@ -135,11 +172,10 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
   struct binhdr hdr = {
     .version = MAP_VERSION, .block_size = g->block_size, .id = l->id,
     .nblocks = g->nblocks, .disk_size = g->disk_size,
-    .payload_len = l->st.nwords * 8,
   };
   char name[64];
-  size_t i, len = BINHDR_SIZE + hdr.payload_len;
-  uint8_t *buf;
+  size_t i, w, n, len;
+  uint8_t *buf, *ep;
   int r, e;
 
   layer_data_name (l->id, name, sizeof name);
@@ -156,17 +192,39 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
    * copy is not in this map, a block marked before it had its bytes
    * written before it was marked, so the fdatasync below covers them.
    */
-  buf = calloc (1, len);
+  /* Room for every leaf present now; leaves that hold no block (or that
+   * appear after this count) are left out.
+   */
+  n = 0;
+  for (i = sparse_next (l->st.present, l->st.nleaves, 0); i < l->st.nleaves;
+       i = sparse_next (l->st.present, l->st.nleaves, i + 1))
+    n++;
+  buf = calloc (1, BINHDR_SIZE + n * MAP_ENTRY);
   if (buf == NULL) {
     snprintf (what, whatlen, "memory for the map of %s", name);
     errno = ENOMEM;
     return -1;
   }
+  ep = buf + BINHDR_SIZE;
+  for (i = sparse_next (l->st.present, l->st.nleaves, 0);
+       i < l->st.nleaves && ep < buf + BINHDR_SIZE + n * MAP_ENTRY;
+       i = sparse_next (l->st.present, l->st.nleaves, i + 1)) {
+    const uint64_t *lf = smap_leaf (&l->st, i);
+    uint64_t any = 0;
+
+    put_le64 (ep, i);
+    for (w = 0; w < LEAF_WORDS; ++w) {
+      uint64_t v = __atomic_load_n (&lf[w], __ATOMIC_ACQUIRE);
+      put_le64 (ep + 8 + 8 * w, v);
+      any |= v;
+    }
+    if (any)
+      ep += MAP_ENTRY;
+  }
+  len = ep - buf;
+  hdr.payload_len = len - BINHDR_SIZE;
   memcpy (hdr.magic, MAP_MAGIC, 8);
   binhdr_put (buf, &hdr);
-  for (i = 0; i < l->st.nwords; ++i)
-    put_le64 (buf + BINHDR_SIZE + 8 * i,
-              __atomic_load_n (&l->st.words[i], __ATOMIC_ACQUIRE));
   if (fdatasync (l->fd) == -1) {
     snprintf (what, whatlen, "fdatasync %s", name);
     r = -2;
@@ -279,7 +337,7 @@ layer_free (struct layer *l)
     return;
   if (l->fd >= 0)
     close (l->fd);
-  bstate_free (&l->st);
+  smap_free (&l->st);
   pthread_mutex_destroy (&l->save_lock);
   free (l);
 }

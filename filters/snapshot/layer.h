@@ -16,6 +16,7 @@
 #include "bitmap.h"
 #include "exportname.h"
 #include "geom.h"
+#include "sparse.h"
 
 struct layer {
   uint64_t id;                  /* persistent, never reused */
@@ -27,7 +28,7 @@ struct layer {
   bool deleting;                /* being merged into its children */
   bool detached;                /* removed from the table, freed at refs 0 */
   int fd;                       /* data file */
-  struct bstate st;             /* per-block states */
+  struct smap st;              /* per-block states (sparse) */
   uint64_t held;                /* atomic: blocks not ABSENT */
   uint64_t gen;                 /* atomic: bumped on every state change */
   uint64_t saved_gen;           /* gen last written to the map file */

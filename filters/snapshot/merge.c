@@ -41,8 +41,14 @@ copy_block (struct layer *l, struct layer *c, uint64_t b, unsigned st,
   uint64_t bl = geom_block_len (&S.g, b), off = geom_offset (&S.g, b);
   uint16_t expect = l->slot;
 
-  if (bstate_get (&c->st, b) != BSTATE_ABSENT)
+  if (smap_get (&c->st, b) != BSTATE_ABSENT)
     return 0;                   /* c has its own (newer) bytes */
+  if (smap_leaf_make (&c->st, b >> LEAF_SHIFT) == NULL) {
+    snprintf (why, whylen, "out of memory for the map of layer %" PRIu64,
+              c->id);
+    errno = ENOMEM;
+    return -1;
+  }
   if (st == BSTATE_DATA) {
     if (pread_sparse (l->fd, buf, bl, off) == -1) {
       snprintf (why, whylen, "reading layer %" PRIu64 ": %s", l->id,
@@ -55,11 +61,10 @@ copy_block (struct layer *l, struct layer *c, uint64_t b, unsigned st,
       return -1;
     }
   }
-  if (bstate_set (&c->st, b, st) == BSTATE_ABSENT)
+  if (smap_set (&c->st, b, st) == BSTATE_ABSENT)
     __atomic_add_fetch (&c->held, 1, __ATOMIC_RELAXED);
   if (on_live)
-    __atomic_compare_exchange_n (&S.owner[b], &expect, c->slot, false,
-                                 __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+    omap_cas (&S.owner, b, expect, c->slot);
   return 0;
 }
 
@@ -88,14 +93,23 @@ merge_into (struct layer *l, struct layer *c, char *why, size_t whylen)
     gate_hold (&S.gate);
     gate_release (&S.gate);
   }
+  /* Only the leaves l holds; within them, only the words with blocks. */
   for (b = 0; b < S.g.nblocks && r == 0; ++b) {
     unsigned st;
 
-    if ((b & 31) == 0 && l->st.words[b >> 5] == 0) {
+    const uint64_t *lf = smap_leaf (&l->st, b >> LEAF_SHIFT);
+
+    if (lf == NULL) {           /* on to the next leaf l holds */
+      size_t nx = sparse_next (l->st.present, l->st.nleaves,
+                               (b >> LEAF_SHIFT) + 1);
+      b = ((uint64_t) nx << LEAF_SHIFT) - 1;
+      continue;
+    }
+    if ((b & 31) == 0 && lf[(b & (LEAF_BLOCKS - 1)) >> 5] == 0) {
       b += 31;
       continue;
     }
-    st = bstate_get (&l->st, b);
+    st = smap_get (&l->st, b);
     if (st == BSTATE_ABSENT)
       continue;
     if (__atomic_load_n (&S.stopping, __ATOMIC_ACQUIRE)) {

@@ -220,12 +220,10 @@ store_ready (nbdkit_backend *backend)
   if (probe_plugin (backend) == -1 ||
       load_or_create_state (new_block_size) == -1)
     return -1;
-  S.owner = malloc (S.g.nblocks * sizeof *S.owner + 1);
-  if (S.owner == NULL) {
+  if (compute_owner (S.active, &S.owner) == -1) {
     nbdkit_error ("snapshot: out of memory for the owner map");
     return -1;
   }
-  compute_owner (S.active, S.owner);
   __atomic_store_n (&loaded, 1, __ATOMIC_RELEASE);
   return 0;
 }
@@ -279,8 +277,7 @@ store_stop (void)
       layer_free (S.slots[i]);
       S.slots[i] = NULL;
     }
-  free (S.owner);
-  S.owner = NULL;
+  omap_free (&S.owner);
   if (S.lockfd >= 0)
     close (S.lockfd);
   close (S.dirfd);

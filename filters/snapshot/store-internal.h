@@ -51,6 +51,7 @@
 #include "gate.h"
 #include "geom.h"
 #include "layer.h"
+#include "sparse.h"
 #include "statefile.h"
 #include "store.h"
 #include "stripes.h"
@@ -69,7 +70,7 @@ struct store {
   pthread_cond_t cond;          /* signalled when a merge finishes */
   struct layer *slots[MAX_SLOTS];
   struct layer *active;
-  uint16_t *owner;              /* live owner map (atomic elements) */
+  struct omap owner;            /* live owner map (sparse, atomic) */
   struct gate gate;
   int merge_into_active;        /* atomic */
   struct stripes stripes;
@@ -91,16 +92,16 @@ extern struct store S;
 
 /* The layer holding block b according to owner map owner (0: plugin). */
 static inline uint16_t
-owner_get (const uint16_t *owner, uint64_t b)
+owner_get (const struct omap *owner, uint64_t b)
 {
-  return __atomic_load_n (&owner[b], __ATOMIC_ACQUIRE);
+  return omap_get (owner, b);
 }
 
 /* Record that the layer in slot v holds block b. */
 static inline void
-owner_set (uint16_t *owner, uint64_t b, uint16_t v)
+owner_set (struct omap *owner, uint64_t b, uint16_t v)
 {
-  __atomic_store_n (&owner[b], v, __ATOMIC_RELEASE);
+  omap_set (owner, b, v);
 }
 
 /* The stripe lock of block b. */
@@ -111,9 +112,18 @@ stripe (uint64_t b)
 }
 
 /* chain.c */
-/* Compute the owner map of the chain ending at top (NULL: the plugin). */
-void compute_owner (struct layer *top, uint16_t *owner)
+/* Build in *owner (a new map) the owner map of the chain ending at top
+ * (NULL: the plugin), walking only the leaves its layers hold.  -1 on
+ * ENOMEM (nothing to free).
+ */
+int compute_owner (struct layer *top, struct omap *owner)
   __attribute__ ((nonnull (2)));
+/* Allocate the map leaves that writing blocks [b0, b0+nb) of the active
+ * layer a will mark (the layer's, the live owner map's), so that marking
+ * cannot fail.  -1 on ENOMEM.
+ */
+int leaves_ready (struct layer *a, uint64_t b0, uint64_t nb)
+  __attribute__ ((nonnull (1)));
 /* The layers in exactly one of the chains of a and b: a malloc'd array
  * of *n of them, or NULL (ENOMEM).
  */

@@ -19,6 +19,7 @@
 #include "bitmap.h"
 #include "command.h"
 #include "layer.h"
+#include "sparse.h"
 
 struct store_config {
   const char *dir;
@@ -29,7 +30,7 @@ struct store_config {
 /* What a connection reads: the live disk, or a frozen snapshot. */
 struct view {
   bool live;
-  uint16_t *owner;              /* snapshot views: private owner map */
+  struct omap owner;            /* snapshot views: private owner map */
   struct layer **pinned;        /* layers this view holds a reference on */
   size_t npinned;
   struct layer *top;            /* snapshot views: the snapshot's layer */

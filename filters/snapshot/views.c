@@ -68,10 +68,8 @@ view_open_locked (struct view *v, const char *name, const char *base,
   if ((t && pin_chain (v, t) == -1) || (b && pin_chain (v, b) == -1))
     goto oom;
   if (t) {
-    v->owner = malloc (S.g.nblocks * sizeof *v->owner + 1);
-    if (v->owner == NULL)
+    if (compute_owner (t, &v->owner) == -1)
       goto oom;
-    compute_owner (t, v->owner);
   }
   return 0;
  oom:
@@ -112,7 +110,7 @@ store_view_close (struct view *v)
     unref (v->pinned[i]);
   pthread_mutex_unlock (&S.lock);
   free (v->pinned);
-  free (v->owner);
+  omap_free (&v->owner);
   memset (v, 0, sizeof *v);
 }
 

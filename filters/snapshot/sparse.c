@@ -1,0 +1,238 @@
+/* nbdsnap snapshot filter: sparse two-level block maps (sparse.h). */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include <nbdkit-filter.h>
+
+#include "sparse.h"
+
+/* The top arrays are mapped anonymously: their pages cost memory only
+ * once a pointer in them is set, whatever the size of the disk.
+ */
+static void *
+top_alloc (size_t n)
+{
+  void *p;
+
+  if (n == 0)
+    n = 1;
+  p = mmap (NULL, n * sizeof (void *), PROT_READ|PROT_WRITE,
+            MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+static void
+top_free (void *p, size_t n)
+{
+  if (p)
+    munmap (p, (n ? n : 1) * sizeof (void *));
+}
+
+size_t
+sparse_next (const uint64_t *present, size_t nleaves, size_t i)
+{
+  size_t w = i / 64;
+  uint64_t bits;
+
+  if (i >= nleaves)
+    return nleaves;
+  bits = __atomic_load_n (&present[w], __ATOMIC_ACQUIRE) &
+    (~UINT64_C (0) << (i % 64));
+  while (bits == 0) {
+    if (++w * 64 >= nleaves)
+      return nleaves;
+    bits = __atomic_load_n (&present[w], __ATOMIC_ACQUIRE);
+  }
+  i = w * 64 + __builtin_ctzll (bits);
+  return i < nleaves ? i : nleaves;
+}
+
+/* The present bits of n leaves (zeroed), or NULL. */
+static uint64_t *
+present_alloc (size_t n)
+{
+  return calloc ((n + 63) / 64 + 1, sizeof (uint64_t));
+}
+
+/* Allocate a zeroed leaf of size bytes into leaf i of slots unless one
+ * is there, and set its present bit; the leaf in place, or NULL on
+ * ENOMEM.
+ */
+static void *
+leaf_make (void **slots, uint64_t *present, size_t i, size_t size)
+{
+  void **slot = &slots[i];
+  void *lf = __atomic_load_n (slot, __ATOMIC_ACQUIRE), *expect = NULL;
+
+  if (lf)
+    return lf;
+  lf = calloc (1, size);
+  if (lf == NULL)
+    return NULL;
+  if (!__atomic_compare_exchange_n (slot, &expect, lf, false,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    free (lf);                  /* another thread put one first */
+    return expect;
+  }
+  __atomic_fetch_or (&present[i / 64], UINT64_C (1) << (i % 64),
+                     __ATOMIC_RELEASE);
+  return lf;
+}
+
+static void
+out_of_memory (const char *what)
+{
+  nbdkit_error ("snapshot: out of memory for a leaf of %s; aborting "
+                "(the state last made durable is kept)", what);
+  abort ();
+}
+
+int
+smap_init (struct smap *m, uint64_t nblocks)
+{
+  m->nblocks = nblocks;
+  m->nleaves = sparse_nleaves (nblocks);
+  m->leaf = top_alloc (m->nleaves);
+  m->present = present_alloc (m->nleaves);
+  if (m->leaf == NULL || m->present == NULL) {
+    smap_free (m);
+    errno = ENOMEM;
+    return -1;
+  }
+  return 0;
+}
+
+void
+smap_free (struct smap *m)
+{
+  size_t i;
+
+  if (m->leaf && m->present)
+    for (i = sparse_next (m->present, m->nleaves, 0); i < m->nleaves;
+         i = sparse_next (m->present, m->nleaves, i + 1))
+      free (m->leaf[i]);
+  top_free (m->leaf, m->nleaves);
+  free (m->present);
+  m->leaf = NULL;
+  m->present = NULL;
+}
+
+uint64_t *
+smap_leaf_make (struct smap *m, size_t i)
+{
+  return leaf_make ((void **) m->leaf, m->present, i,
+                    LEAF_WORDS * sizeof (uint64_t));
+}
+
+unsigned
+smap_set (struct smap *m, uint64_t b, unsigned v)
+{
+  uint64_t *lf = smap_leaf (m, b >> LEAF_SHIFT), *p;
+  unsigned shift = (b & 31) * 2;
+  uint64_t mask = UINT64_C (3) << shift, old, new;
+
+  if (lf == NULL) {
+    if (v == BSTATE_ABSENT)
+      return BSTATE_ABSENT;
+    lf = smap_leaf_make (m, b >> LEAF_SHIFT);
+    if (lf == NULL)
+      out_of_memory ("a layer map");
+  }
+  p = &lf[(b & (LEAF_BLOCKS - 1)) >> 5];
+  old = __atomic_load_n (p, __ATOMIC_RELAXED);
+  do {
+    new = (old & ~mask) | ((uint64_t) (v & 3) << shift);
+    if (new == old)
+      break;
+  } while (!__atomic_compare_exchange_n (p, &old, new, true,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+  return (old >> shift) & 3;
+}
+
+uint64_t
+smap_count (const struct smap *m)
+{
+  uint64_t n = 0;
+  size_t i, w;
+
+  for (i = sparse_next (m->present, m->nleaves, 0); i < m->nleaves;
+       i = sparse_next (m->present, m->nleaves, i + 1)) {
+    const uint64_t *lf = smap_leaf (m, i);
+    for (w = 0; w < LEAF_WORDS; ++w)
+      n += __builtin_popcountll (bstate_presence (lf[w]));
+  }
+  return n;
+}
+
+int
+omap_init (struct omap *m, uint64_t nblocks)
+{
+  m->nleaves = sparse_nleaves (nblocks);
+  m->leaf = top_alloc (m->nleaves);
+  m->present = present_alloc (m->nleaves);
+  if (m->leaf == NULL || m->present == NULL) {
+    omap_free (m);
+    errno = ENOMEM;
+    return -1;
+  }
+  return 0;
+}
+
+void
+omap_free (struct omap *m)
+{
+  size_t i;
+
+  if (m->leaf && m->present)
+    for (i = sparse_next (m->present, m->nleaves, 0); i < m->nleaves;
+         i = sparse_next (m->present, m->nleaves, i + 1))
+      free (m->leaf[i]);
+  top_free (m->leaf, m->nleaves);
+  free (m->present);
+  m->leaf = NULL;
+  m->present = NULL;
+}
+
+uint16_t *
+omap_leaf_make (struct omap *m, size_t i)
+{
+  return leaf_make ((void **) m->leaf, m->present, i,
+                    LEAF_BLOCKS * sizeof (uint16_t));
+}
+
+void
+omap_set (struct omap *m, uint64_t b, uint16_t v)
+{
+  uint16_t *lf = __atomic_load_n (&m->leaf[b >> LEAF_SHIFT],
+                                  __ATOMIC_ACQUIRE);
+
+  if (lf == NULL) {
+    if (v == 0)
+      return;
+    lf = omap_leaf_make (m, b >> LEAF_SHIFT);
+    if (lf == NULL)
+      out_of_memory ("the owner map");
+  }
+  __atomic_store_n (&lf[b & (LEAF_BLOCKS - 1)], v, __ATOMIC_RELEASE);
+}
+
+void
+omap_cas (struct omap *m, uint64_t b, uint16_t expect, uint16_t v)
+{
+  uint16_t *lf = __atomic_load_n (&m->leaf[b >> LEAF_SHIFT],
+                                  __ATOMIC_ACQUIRE);
+
+  if (lf == NULL) {
+    if (expect != 0)
+      return;                   /* every owner in the leaf is 0 */
+    lf = omap_leaf_make (m, b >> LEAF_SHIFT);
+    if (lf == NULL)
+      out_of_memory ("the owner map");
+  }
+  __atomic_compare_exchange_n (&lf[b & (LEAF_BLOCKS - 1)], &expect, v, false,
+                               __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
