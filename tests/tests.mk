@@ -77,4 +77,5 @@ TESTS = \
 	tests/test-snapshot-tree.sh \
 	tests/test-snapshot-unaligned.sh \
 	tests/test-snapshot-views.sh \
+	tests/test-stack-crashloop.sh \
 	tests/test-stack-stress.sh
