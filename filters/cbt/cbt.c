@@ -157,8 +157,24 @@ perform (struct command *c, const struct export_name *en, void *opaque)
 
   if (strcmp (v, "list") == 0 && en->nargs == 0)
     return tracker_cmd_list (c);
-  if (strcmp (v, "create") == 0 && en->nargs == 1)
-    return tracker_cmd_create (c, en->args[0]);
+  if (strcmp (v, "create") == 0 && en->nargs == 1) {
+    /* The live disk below, to flush at the checkpoint's instant. */
+    nbdkit_next *live;
+    int r;
+
+    live = nbdkit_next_context_open (opaque, 0, disk_name_get (&disk, "cbt"),
+                                     1);
+    if (live == NULL)
+      return command_fail (c, "EIO", "cannot open the disk below");
+    if (live->prepare (live) == -1) {
+      nbdkit_next_context_close (live);
+      return command_fail (c, "EIO", "cannot open the disk below");
+    }
+    r = tracker_cmd_create (c, en->args[0], live);
+    live->finalize (live);
+    nbdkit_next_context_close (live);
+    return r;
+  }
   if (strcmp (v, "delete") == 0 && en->nargs == 1)
     return tracker_cmd_delete (c, en->args[0]);
   command_bad_args (c, "nbdkit-cbt-filter(1)");
@@ -283,7 +299,7 @@ cbt_open (nbdkit_next_open *next, nbdkit_context *nxdata,
       goto err;
     }
     if (fh_command (&h->fh, "cbt", policy, &en, readonly, is_tls, perform,
-                    NULL) == -1)
+                    nbdkit_context_get_backend (nxdata)) == -1)
       goto err;
     return h;
   }
