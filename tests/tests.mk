@@ -78,4 +78,5 @@ TESTS = \
 	tests/test-snapshot-unaligned.sh \
 	tests/test-snapshot-views.sh \
 	tests/test-stack-crashloop.sh \
+	tests/test-stack-powerloss.sh \
 	tests/test-stack-stress.sh
