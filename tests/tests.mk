@@ -79,4 +79,5 @@ TESTS = \
 	tests/test-snapshot-views.sh \
 	tests/test-stack-crashloop.sh \
 	tests/test-stack-powerloss.sh \
+	tests/test-stack-soak.sh \
 	tests/test-stack-stress.sh
