@@ -68,7 +68,7 @@ tool ()
 fio --name=soak --thread --ioengine=nbd --uri="$U" --rw=randwrite \
     --bsrange=4k-64k --iodepth=8 --numjobs=$JOBS --size=$((SIZE / JOBS)) \
     --offset_increment=$((SIZE / JOBS)) --verify=crc32c --verify_backlog=64 \
-    --verify_fatal=1 --time_based --runtime="$SOAK_SECONDS" \
+    --verify_fatal=1 --verify_state_save=0 --time_based --runtime="$SOAK_SECONDS" \
     --group_reporting --output-format=json --output="$tmpdir/fio.json" \
     > "$tmpdir/fio.out" 2>&1 &
 fio=$!
