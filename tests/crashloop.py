@@ -337,7 +337,12 @@ class Harness:
 
     def snap(self, verb, name):
         try:
-            j = st.command(self.sock, "@snapshot:%s/%s" % (verb, name))
+            for _ in range(100):
+                j = st.command(self.sock, "@snapshot:%s/%s" % (verb, name))
+                # nbdkit may not have closed the clients' connections yet.
+                if j["ok"] or j.get("errno") != "EBUSY" or verb != "revert":
+                    break
+                time.sleep(0.05)
         except nbd.Error as e:
             self.lost("snapshot " + verb, e)
             return None
