@@ -8,14 +8,16 @@
 # (VmRSS) and open file descriptors (/proc/PID/fd) are sampled.
 #
 # Checks: fio reports no verify error and no I/O error; the server never
-# dies; every backup restores to exactly the disk at its instant.  fio
+# dies; every backup restores to exactly the disk at its instant (checked
+# right after it, while fio writes on, and again at the end).  fio
 # never stops writing, so the instant is pinned: fio is stopped (SIGSTOP;
 # its requests in flight drain), snapshot S is made, the backup is
 # started and, once its frozen point exists (@freeze:list), fio continues.
 # The frozen point and S then hold the same bytes, and the restore must
-# equal @snapshot/S (cmp).  At the end the repository verifies, no frozen
-# point is left, the fd count is back to its level after the second
-# backup, and RSS grew less than SOAK_RSS_SLACK_KB (default 64 MiB) from
+# equal @snapshot/S (cmp); S is then deleted.  At the end every point
+# restores to the same bytes again, the repository verifies, no frozen
+# point is left, the fd count never rose more than 8 over its level after
+# the second backup in the second half and is back to it at the end, and RSS grew less than SOAK_RSS_SLACK_KB (default 64 MiB) from
 # that level (long form: and less than 16 MiB over its second half).
 #
 # Short form (make check): SOAK_SECONDS=30.  Long form: CHECK_LONG=1
@@ -103,6 +105,20 @@ backup_pinned ()
     wait $b || { cat "$tmpdir/backup.out" >&2; fail "backup b$n failed"; }
 }
 
+# check_backup N: restore bN, compare with @snapshot/sN (the same
+# instant), keep its sha256 for the end, delete sN.
+check_backup ()
+{
+    local n=$1
+    tool restore "$repo" "b$n" -o "$tmpdir/r.img" --connections 2 --no-progress
+    dump srv "@snapshot/s$n" "$tmpdir/s.img"
+    cmp "$tmpdir/r.img" "$tmpdir/s.img" ||
+        fail "backup b$n does not restore to the disk at its instant"
+    sha256sum < "$tmpdir/r.img" > "$tmpdir/b$n.sum"
+    rm -f "$tmpdir/r.img" "$tmpdir/s.img"
+    tool snapshot delete "$U" "s$n"
+}
+
 start=$SECONDS
 end=$((SECONDS + SOAK_SECONDS - 5))
 n=0 snaps=0 cps=0
@@ -110,7 +126,8 @@ while [ $SECONDS -lt $end ]; do
     kill -0 "$fio" 2>/dev/null || break
     n=$((n + 1))
     if [ $n = 1 ]; then backup_pinned $n --full; else backup_pinned $n --incremental; fi
-    # The previous pinning snapshot is no longer needed (its check is done).
+    # The backup against its pinning snapshot, while fio writes on.
+    check_backup $n
     # Extra snapshot and checkpoint churn.
     tool snapshot create "$U" "x$n"
     tool checkpoint create "$U" "c$n"
@@ -137,13 +154,12 @@ sys.exit(1 if errs else 0)
 PY
 [ $st = 0 ] || { cat "$tmpdir/fio.out" >&2; fail "fio exited with status $st"; }
 
-# Every backup against its pinning snapshot.
+# Every backup once more, now that the chain is complete.
 for ((i = 1; i <= n; i++)); do
     tool restore "$repo" "b$i" -o "$tmpdir/r.img" --connections 2 --no-progress
-    dump srv "@snapshot/s$i" "$tmpdir/s.img"
-    cmp "$tmpdir/r.img" "$tmpdir/s.img" || fail "backup b$i does not restore to the disk at its instant"
-    rm -f "$tmpdir/r.img" "$tmpdir/s.img"
-    tool snapshot delete "$U" "s$i"
+    [ "$(sha256sum < "$tmpdir/r.img")" = "$(cat "$tmpdir/b$i.sum")" ] ||
+        fail "backup b$i restores differently at the end"
+    rm -f "$tmpdir/r.img"
 done
 tool verify "$repo"
 out=$(snapcmd srv @freeze:list)
@@ -166,6 +182,10 @@ print("nbdkit: RSS %d KiB after the second backup, %d KiB at the end (peak %d); 
 bad = []
 if fd1 > fd0:
     bad.append("descriptors %d -> %d" % (fd0, fd1))
+late = s[len(s) // 2:]
+if len(s) > 4 and max(f for (_, _, f) in late) > fd0 + 8:
+    bad.append("descriptors up to %d in the second half (%d after the "
+               "second backup)" % (max(f for (_, _, f) in late), fd0))
 if rss1 - rss0 > slack:
     bad.append("RSS grew %d KiB" % (rss1 - rss0))
 if secs >= 600:
