@@ -8,6 +8,7 @@ TESTS = \
 	tests/test-cbt-concurrent.sh \
 	tests/test-cbt-crash-flush.sh \
 	tests/test-cbt-crash-strict.sh \
+	tests/test-cbt-create-flush.sh \
 	tests/test-cbt-delete.sh \
 	tests/test-cbt-enomem.sh \
 	tests/test-cbt-faults.sh \
