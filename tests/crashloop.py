@@ -151,6 +151,7 @@ class Harness:
         self.srv = None
         self.strict = True
         self.need_full = True
+        self.pending = []       # checkpoints of killed backups, instant unknown
 
     # ------------------------------------------------------------ server
     def start(self):
@@ -430,9 +431,15 @@ class Harness:
         s, out = self.run_tool(args, kill_at)
         t1 = now()
         c = self.cand(t0, t1)
-        cp.cand = c
-        cp.t1 = t1
         self.points[name] = c
+        if s is None:
+            # Killed: the server may still be about to run the tool's
+            # @freeze:begin (its open outlives the client), so the
+            # checkpoint's instant is known only at the end of the round.
+            self.pending.append((cp, t0))
+        else:
+            cp.cand = c
+            cp.t1 = t1
         if s == 0:
             cp.acked = True
             self.stats["backups"] += 1
@@ -500,6 +507,11 @@ class Harness:
             kt.join()
         self.srv.proc.wait()
         self.srv._reaped()
+        t = now()
+        for (cp, t0) in self.pending:
+            cp.cand = self.cand(t0, t)
+            cp.t1 = t
+        self.pending = []
         self.stats["kills"] += 1
         self.stats["rounds"] += 1
         self.restart_check()
