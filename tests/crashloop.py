@@ -483,6 +483,24 @@ class Harness:
               "nbdsnap merge/delete %s: %s" % (p, out))
         self.checked.discard(p)
 
+    def trim_repo(self):
+        """Keep the repository small (verify and restores each round)."""
+        for _ in range(10):
+            pts = self.points_list()
+            if len(pts) <= 6:
+                return
+            parents = {p.get("parent") for p in pts}
+            leaves = [p["name"] for p in pts[:-1] if p["name"] not in parents]
+            if leaves:
+                op = ["delete", self.repo, leaves[0]]
+            else:
+                op = ["merge", self.repo,
+                      [p["name"] for p in pts if p.get("parent")][0]]
+            s, out = self.run_tool(op)
+            check(s == 0, "nbdsnap %s: %s" % (" ".join(op), out))
+            self.stats[op[0] + "s"] += 1
+            self.checked.discard(op[2])
+
     # ------------------------------------------------------------ one round
     def round(self):
         if self.srv is None:
@@ -649,6 +667,10 @@ class Harness:
                 if n in self.checked and self.rng.random() < 0.8:
                     continue
                 self.restore_check(n)
+            self.trim_repo()
+        # And few checkpoints (each one's map is checked every round).
+        while len(self.cps) > 8:
+            self.cp_delete(next(iter(self.cps)))
 
     def restore_check(self, n):
         out = os.path.join(self.a.workdir, "restored.img")
@@ -675,6 +697,8 @@ class Harness:
         try:
             while self.stats["kills"] < self.a.kills:
                 self.round()
+                if self.stats["kills"] % 50 == 0:
+                    self.report(t0, "so far")
             self.srv.stop()
         except BaseException:
             print("crashloop: FAILED in round %d (seed %d, CRASH_SEED=%d to "
@@ -684,14 +708,19 @@ class Harness:
                 print(self.srv.log_tail(), file=sys.stderr)
                 self.srv.cleanup()
             raise
+        self.report(t0, "done")
+
+    def report(self, t0, what):
         ops = sum(self.stats[k] for k in ("writes", "zeroes", "trims", "flushes",
                                           "snap_create", "snap_revert", "snap_delete",
                                           "cp_create", "cp_delete", "backups",
                                           "backups_failed", "merges", "deletes"))
-        print("crashloop: %d kills of nbdkit (+%d of nbdsnap), %d operations in "
-              "%.0f s, 0 failures" % (self.stats["kills"], self.stats["tool_kills"],
-                                      ops, time.time() - t0))
-        print("crashloop: " + ", ".join("%s %d" % kv for kv in self.stats.items()))
+        print("crashloop (%s): %d kills of nbdkit (+%d of nbdsnap), %d operations "
+              "in %.0f s, 0 failures" % (what, self.stats["kills"],
+                                         self.stats["tool_kills"], ops,
+                                         time.time() - t0))
+        print("crashloop: " + ", ".join("%s %d" % kv for kv in self.stats.items()),
+              flush=True)
 
 
 def changed_blocks(h):
