@@ -327,6 +327,7 @@ def check_point(a, dirs, ops, P, nblocks):
         live = [1000000 + b for b in range(nblocks)]
         allowed = [{t} for t in live]
         snaps, cps = {}, {}     # name -> [must exist, tags, op index]
+        deleted = set()         # snapshots whose delete was submitted
         for i, op in enumerate(ops):
             if op.sub > P:
                 break
@@ -343,6 +344,7 @@ def check_point(a, dirs, ops, P, nblocks):
             if op.kind == "snap_create":
                 snaps[op.name] = [done, op.tags]
             elif op.kind == "snap_delete":
+                deleted.add(op.name)
                 if done:
                     snaps.pop(op.name)
                 else:
@@ -358,11 +360,16 @@ def check_point(a, dirs, ops, P, nblocks):
         check(not bad, "block %s reads %d, allowed %s" % (
             bad[:5], got[bad[0]], sorted(allowed[bad[0]])) if bad else "")
         j = st.command(srv.sock, "@snapshot:list")
-        have = {s["name"] for s in j["snapshots"]}
+        # A deleted snapshot whose merge a crash interrupted is listed
+        # with "merging" until the next start finishes it (documented).
+        have = {s["name"] for s in j["snapshots"]
+                if not (s.get("merging") and s["name"] in deleted)}
         for name, (must, tags, *_) in snaps.items():
             check(name in have or not must, "snapshot %s acknowledged but missing" % name)
         for name in have:
-            check(name in snaps, "snapshot %s: deleted or never made, but listed" % name)
+            check(name in snaps, "snapshot %s: deleted or never made, but listed "
+                  "(requests on it, log offsets: %s)" % (name, [
+                      (op.kind, op.sub, op.ack) for op in ops if op.name == name]))
             h = st.connect(srv.sock, "@snapshot/" + name)
             t = tags_of(st.read_all(h))
             st.close(h)
@@ -422,6 +429,8 @@ def main():
     p.add_argument("--points", type=int, default=0)
     p.add_argument("--size", type=int, default=4 << 20)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--only", type=int, default=None,
+                   help="replay only the cut after this log record")
     a = p.parse_args()
     if a.seed is None:
         a.seed = random.SystemRandom().randrange(1 << 31)
@@ -454,6 +463,8 @@ def main():
             rest = [i for i in syncs[:-1] if i not in cpw]
             chosen = sorted(set(rr.sample(rest, min(len(rest), a.points - len(cpw) - 1)))
                             | set(cpw) | {syncs[-1]})
+        if a.only is not None:
+            chosen = [a.only]
         fs = FS(dirs)
         j = 0
         totals = [0, 0]
