@@ -190,7 +190,7 @@ if [ -n "$NBDSNAP_SANITIZER" ]; then
     esac
     # Which tests cannot run here: a line (not a comment) that uses the
     # fault shim or valgrind.
-    if grep -Eq '^[^#]*(\bFAULTINJECT\b|nbdsnap-faults\.sh|\bvalgrind\b)' "$0"; then
+    if grep -Eq '^[^#]*(\bFAULTINJECT\b|\bWRITELOG\b|nbdsnap-faults\.sh|\bvalgrind\b)' "$0"; then
         echo "$testname: SKIP: uses the fault shim or valgrind, which cannot share a process with the $NBDSNAP_SANITIZER runtime (run it in a plain build)" >&2
         exit 77
     fi

@@ -9,6 +9,7 @@ TESTS = \
 	tests/test-cbt-concurrent.sh \
 	tests/test-cbt-crash-flush.sh \
 	tests/test-cbt-crash-strict.sh \
+	tests/test-cbt-create-flush.sh \
 	tests/test-cbt-delete.sh \
 	tests/test-cbt-enomem.sh \
 	tests/test-cbt-faults.sh \
@@ -97,5 +98,8 @@ TESTS = \
 	tests/test-snapshot-tree.sh \
 	tests/test-snapshot-unaligned.sh \
 	tests/test-snapshot-views.sh \
+	tests/test-stack-crashloop.sh \
+	tests/test-stack-powerloss.sh \
+	tests/test-stack-soak.sh \
 	tests/test-stack-stress.sh \
 	tests/test-stack-valgrind.sh

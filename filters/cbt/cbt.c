@@ -164,15 +164,32 @@ perform (struct command *c, const struct export_name *en, void *backend)
 
   if (strcmp (v, "list") == 0 && en->nargs == 0)
     return tracker_cmd_list (c);
-  if (strcmp (v, "create") == 0 && en->nargs == 1)
-    return tracker_cmd_create (c, en->args[0]);
-  if (strcmp (v, "create") == 0 && en->nargs == 2 &&
-      strcmp (en->args[1], "snapshot") == 0) {
-    if (!(below & STACK_SNAPSHOT))
+  if (strcmp (v, "create") == 0 &&
+      (en->nargs == 1 ||
+       (en->nargs == 2 && strcmp (en->args[1], "snapshot") == 0))) {
+    /* The live disk below, to flush at the checkpoint's instant. */
+    nbdkit_next *live;
+    int r;
+
+    if (en->nargs == 2 && !(below & STACK_SNAPSHOT))
       return command_fail (c, "EINVAL", "there is no snapshot filter below "
                            "the cbt filter (--filter=cbt --filter=snapshot): "
                            "no checkpoint was made");
-    return tracker_cmd_create_snapshot (c, en->args[0], backend);
+    live = nbdkit_next_context_open (backend, 0,
+                                     disk_name_get (&disk, "cbt"), 1);
+    if (live == NULL)
+      return command_fail (c, "EIO", "cannot open the disk below");
+    if (live->prepare (live) == -1) {
+      nbdkit_next_context_close (live);
+      return command_fail (c, "EIO", "cannot open the disk below");
+    }
+    if (en->nargs == 1)
+      r = tracker_cmd_create (c, en->args[0], live);
+    else
+      r = tracker_cmd_create_snapshot (c, en->args[0], backend, live);
+    live->finalize (live);
+    nbdkit_next_context_close (live);
+    return r;
   }
   if (strcmp (v, "delete") == 0 && en->nargs == 1)
     return tracker_cmd_delete (c, en->args[0]);

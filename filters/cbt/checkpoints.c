@@ -172,11 +172,12 @@ new_ckpt (struct command *cmd, const char *name)
 
 /* @cbt:create/NAME. */
 int
-tracker_cmd_create (struct command *cmd, const char *name)
+tracker_cmd_create (struct command *cmd, const char *name,
+                    nbdkit_next *below)
 {
   struct ckpt *c;
   char why[256];
-  int r;
+  int r, err = 0;
 
   if (!name_valid (name, why, sizeof why))
     return command_fail (cmd, "EINVAL", "%s", why);
@@ -200,6 +201,16 @@ tracker_cmd_create (struct command *cmd, const char *name)
     /* A write may have failed the tracker while we waited. */
     if (failure_check_command (&T.fail, cmd) == -1)
       r = -1;
+    /* Writes acknowledged before this instant must not be lost by a
+     * crash after it: the disk would go back to older content in blocks
+     * the new bitmap does not hold, and an incremental backup since this
+     * checkpoint would miss them.  No write can start meanwhile (gate).
+     */
+    else if (below && below->can_flush (below) == 1 &&
+             below->flush (below, 0, &err) == -1)
+      r = command_fail (cmd, command_errno_name (err), "cannot flush the "
+                        "disk below before the checkpoint: %s",
+                        strerror (err));
     else
       r = push_ckpt (cmd, c);
     if (r == -1 && active_ckpt () != c)

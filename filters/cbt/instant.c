@@ -141,12 +141,12 @@ undo_ckpt (struct command *cmd, const char *name, const struct answer *a)
 
 int
 tracker_cmd_create_snapshot (struct command *cmd, const char *name,
-                             nbdkit_backend *backend)
+                             nbdkit_backend *backend, nbdkit_next *below)
 {
   struct answer a = { .ok = false };
   struct ckpt *c;
   char why[256];
-  int r;
+  int r, err = 0;
 
   if (!name_valid (name, why, sizeof why))
     return command_fail (cmd, "EINVAL", "%s", why);
@@ -168,6 +168,14 @@ tracker_cmd_create_snapshot (struct command *cmd, const char *name,
       ACQUIRE_WRLOCK_FOR_CURRENT_SCOPE (&T.rw);
       if (failure_check_command (&T.fail, cmd) == -1)
         r = -1;
+      /* As @cbt:create: writes acknowledged before the instant are made
+       * durable first (checkpoints.c says why).
+       */
+      else if (below && below->can_flush (below) == 1 &&
+               below->flush (below, 0, &err) == -1)
+        r = command_fail (cmd, command_errno_name (err), "cannot flush the "
+                          "disk below before the checkpoint: %s",
+                          strerror (err));
       else
         r = push_ckpt (cmd, c);
       if (r == -1 && active_ckpt () != c)

@@ -80,15 +80,20 @@ int tracker_extents (const char *since, const char *until, nbdkit_next *next,
 /* Commands: append the result members to c->body and return 0, or
  * return command_fail (c, ...).
  */
-/* @cbt:create/NAME: a new checkpoint, whose bitmap becomes the active one. */
-int tracker_cmd_create (struct command *c, const char *name)
+/* @cbt:create/NAME: a new checkpoint, whose bitmap becomes the active one.
+ * below (if not NULL) is the live disk below, flushed at the checkpoint's
+ * instant: every write acknowledged before the checkpoint is durable, so
+ * a crash cannot take the disk back behind it (a change no map holds).
+ */
+int tracker_cmd_create (struct command *c, const char *name,
+                        nbdkit_next *below)
   __attribute__ ((nonnull (1, 2)));
 /* @cbt:create/NAME/snapshot: checkpoint NAME and, at the same instant,
  * snapshot NAME in the snapshot filter below (reached through backend),
  * both or neither (instant.c).
  */
 int tracker_cmd_create_snapshot (struct command *c, const char *name,
-                                 nbdkit_backend *backend)
+                                 nbdkit_backend *backend, nbdkit_next *below)
   __attribute__ ((nonnull (1, 2, 3)));
 /* @cbt:list: the geometry and every checkpoint. */
 int tracker_cmd_list (struct command *c) __attribute__ ((nonnull (1)));
