@@ -11,7 +11,8 @@
  *
  * Durability.  strict: before a write passes down, the bits for its blocks
  * are on disk (group commit: one fdatasync serves every writer waiting
- * for it; a block already durably dirty costs one atomic load).  flush:
+ * for it; a block already durably dirty costs two atomic loads: no
+ * lock, no syscall).  flush:
  * bits are written at flush and clean shutdown; after an unclean stop the
  * active bitmap is marked inconsistent, and change maps that need it are
  * refused.
@@ -30,6 +31,7 @@
  * The tracker's files, one concept each:
  *   start.c        start and stop: the directory, strays, disk size changes
  *   state.c        the state file
+ *   sbitmap.c      sparse bitmaps in memory (leaves allocated on use)
  *   bitmapfile.c   the bitmap files
  *   mark.c         the data path: marking writes, making the marks durable
  *   checkpoints.c  the commands create, list, delete
