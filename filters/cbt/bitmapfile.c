@@ -252,12 +252,14 @@ bm_open (struct ckpt *c)
 }
 
 /* c is the active bitmap now: its file holds every bit it has (no
- * writer in flight).  The durable cache starts as a copy of it.
+ * writer in flight).  T.durable starts empty (so that nothing here
+ * allocates): the first write to each leaf that has bits already costs
+ * one round, which records the leaf as durable.
  */
 void
-bm_make_active (struct ckpt *c)
+bm_make_active (struct ckpt *c __attribute__ ((unused)))
 {
-  sbm_copy_lossy (&T.durable, &c->bits);
+  sbm_clear (&T.durable);
   memset (T.dirty_pages.words, 0,
           payload_words (T.dirty_pages.nbits) * sizeof (uint64_t));
 }

@@ -26,8 +26,8 @@
 
 /* fdatasync the active bitmap a after the n records of this batch were
  * written; in strict mode the leaves they held are durable now (added to
- * the durable cache; a leaf of the cache that cannot be allocated only
- * costs a later sync).  -1 and errno.
+ * T.durable, whose leaves tracker_mark allocated: nothing here
+ * allocates).  -1 and errno.
  */
 static int
 commit_batch (struct ckpt *a, size_t n)
@@ -42,7 +42,7 @@ commit_batch (struct ckpt *a, size_t n)
     return 0;
   for (i = 0; i < n; ++i) {
     const uint8_t *buf = T.round_buf + i * REC_BYTES + 8;
-    uint64_t *leaf = sbm_leaf_alloc (&T.durable, T.round_pages[i]);
+    uint64_t *leaf = sbm_leaf (&T.durable, T.round_pages[i]);
 
     for (k = 0; leaf && k < LEAF_WORDS; ++k)
       __atomic_fetch_or (&leaf[k], get_le64 (buf + 8 * k), __ATOMIC_ACQ_REL);
@@ -202,9 +202,12 @@ tracker_mark (uint64_t offset, uint64_t count, int *err)
       if (sbm_get (&T.durable, b))
         continue;               /* already durably dirty: free */
       /* Set or not by us, it is not on disk yet: make sure the leaf is
-       * written by the round we are going to wait for.
+       * written by the round we are going to wait for (which records it
+       * in T.durable: its leaf is allocated here, where an error can
+       * still fail the write).
        */
-      if (sbm_set (&a->bits, b) == -1) {
+      if (sbm_leaf_alloc (&T.durable, b / LEAF_BITS) == NULL ||
+          sbm_set (&a->bits, b) == -1) {
         *err = ENOMEM;          /* the write does not pass down */
         return -1;
       }

@@ -92,26 +92,6 @@ sbm_reserve (struct sbitmap *dst, const struct sbitmap *src)
   return 0;
 }
 
-void
-sbm_copy_lossy (struct sbitmap *dst, const struct sbitmap *src)
-{
-  size_t l;
-
-  sbm_clear (dst);
-  for (l = 0; l < src->nleaves && l < dst->nleaves; ++l) {
-    const uint64_t *sl = sbm_leaf (src, l);
-    uint64_t *dl;
-
-    if (sl == NULL || sbm_leaf_empty (src, l))
-      continue;
-    dl = malloc (LEAF_BYTES);
-    if (dl == NULL)
-      continue;
-    memcpy (dl, sl, LEAF_BYTES);
-    dst->leaves[l] = dl;
-  }
-}
-
 bool
 sbm_leaf_empty (const struct sbitmap *s, size_t l)
 {

@@ -105,11 +105,6 @@ int sbm_or (struct sbitmap *dst, const struct sbitmap *src, bool alloc)
  */
 int sbm_reserve (struct sbitmap *dst, const struct sbitmap *src)
   __attribute__ ((nonnull (1, 2)));
-/* Copy src into dst (same size), both quiet.  A leaf that cannot be
- * allocated is left out (dst then has fewer bits): for caches only.
- */
-void sbm_copy_lossy (struct sbitmap *dst, const struct sbitmap *src)
-  __attribute__ ((nonnull (1, 2)));
 /* Is leaf l absent or all clear? */
 bool sbm_leaf_empty (const struct sbitmap *s, size_t l)
   __attribute__ ((nonnull (1)));
