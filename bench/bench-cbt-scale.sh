@@ -28,8 +28,11 @@
 #   qcow2      qemu-img: a qcow2 of the same size, NCKPT persistent
 #              bitmaps (qemu-img bitmap --add, the older ones disabled as
 #              libvirt does), the same regions written with qemu-io
-#              (write -z); "qemu-img measure" reports the bytes its
-#              bitmaps need; du of the whole qcow2 for reference.
+#              (write -z); qcow2_bm_B: what "qemu-img measure" says
+#              its bitmaps need (it assumes them dense); qcow2_du_kB: du
+#              of the qcow2; qcow2bm_kB: that du minus the du of the same
+#              image with the same writes and no bitmap, i.e. what qcow2
+#              really keeps for its bitmaps, to compare with cbt_du_kB.
 #
 # Environment:
 #   CBT_FILTER=...        filter .so (default: the one built in this tree)
@@ -54,9 +57,9 @@ trap 'rm -rf "$work"' EXIT
 
 echo "# bench-cbt-scale: $(date -u +%F) $(uname -m) $(nproc) cores;" \
      "filter $FILTER; $NCKPT checkpoints, $WRITE_MB MiB written"
-printf '%-5s %8s %8s %9s %8s %8s %9s %9s %9s %8s %8s %10s %10s %10s\n' \
+printf '%-5s %8s %8s %9s %8s %8s %9s %9s %9s %8s %8s %10s %10s %10s %10s\n' \
        size start0 rss0kB create_med create_max list map_all map_one \
-       restart rss_kB delete cbt_du_kB qcow2_bm_B qcow2_du_kB
+       restart rss_kB delete cbt_du_kB qcow2_bm_B qcow2_du_kB qcow2bm_kB
 
 for size in "${sizes[@]}"; do
     rm -rf "$work/cbt" "$work/sock"
@@ -180,10 +183,22 @@ for i in range(nckpt):
                           stdout=subprocess.DEVNULL)
 m = json.loads(subprocess.check_output(
     ["qemu-img", "measure", "--output=json", "-O", "qcow2", q]))
-print(" %10d" % m.get("bitmaps", -1), end="")
+# The same image and writes without bitmaps: the difference in du is
+# what qcow2 keeps for its bitmaps.
+q2 = q + ".nobm"
+subprocess.check_call(["qemu-img", "create", "-q", "-f", "qcow2", q2, size])
+for i in range(nckpt):
+    subprocess.check_call(["qemu-io", "-f", "qcow2", "-c",
+                           "write -z %d %d" % (i * stride, region), q2],
+                          stdout=subprocess.DEVNULL)
+du = lambda f: int(subprocess.check_output(["du", "-sk", f]).split()[0])
+print(" %10d %10d %10d" % (m.get("bitmaps", -1), du(q), du(q) - du(q2)),
+      end="")
+import os
+os.unlink(q2)
 EOF
-        printf ' %10s\n' "$(du -sk "$q" | cut -f1)"
+        echo
     else
-        printf ' %10s %10s\n' - -
+        printf ' %10s %10s %10s\n' - - -
     fi
 done
