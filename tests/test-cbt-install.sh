@@ -24,9 +24,9 @@ start_server s --filter="$C" file "$tmpdir/disk.img" cbt-dir="$tmpdir/cbt"
 # set bits, or "-"), print the SHA-256 of what was meant.  MODE: good,
 # partial (only the first half written), garbage, geometry (header says
 # another granularity), beyond (a bit past the last block), keepopen
-# (print the sum and keep the upload open 3 s).
+# (print the sum and keep the upload open 8 s: longer than install waits for it).
 cat > "$tmpdir/up.py" <<'PY'
-import sys, nbd, hashlib, struct, time
+import os, sys, nbd, hashlib, struct, time
 uri, mode, specs = sys.argv[1], sys.argv[2], sys.argv[3:]
 G, NB, SIZE = 65536, 41, 41 * 65536 - 65536 + 4096
 P = 8 * ((NB + 63) // 64)
@@ -53,7 +53,7 @@ assert h.get_size() == len(buf), (h.get_size(), len(buf))
 h.pwrite(bytes(buf[: len(buf) // 2] if mode == "partial" else buf), 0)
 h.flush()
 if mode == "keepopen":
-    time.sleep(3)
+    time.sleep(float(os.environ.get("UP_HOLD", "8")))
 h.shutdown()
 PY
 up ()
@@ -87,13 +87,23 @@ cbt_err s "@cbt:install/$sum" EINVAL >/dev/null
 [ "$(cbt_names s | paste -sd' ')" = "" ] || fail "bad input installed checkpoints"
 [ -z "$(ls "$tmpdir/cbt" | grep bitmap)" ] || fail "bad input left bitmap files"
 
-# An upload still open is not installed.
+# An upload still open 5 s after the install began is not installed.
 $PYTHON "$tmpdir/up.py" "$(uri s @cbt:upload/1)" keepopen a:1 > "$tmpdir/sum" &
 bgp=$!
 for ((i = 0; i < 100; i++)); do [ -s "$tmpdir/sum" ] && break; sleep 0.05; done
 sleep 0.5
 cbt_err s "@cbt:install/$(cat "$tmpdir/sum")" EBUSY >/dev/null
 wait $bgp
+# One that closes within those 5 s is waited for, then installed (the
+# client closes its upload, then asks for the install: nbdkit may run
+# the close a moment late).
+UP_HOLD=1 $PYTHON "$tmpdir/up.py" "$(uri s @cbt:upload/1)" keepopen a:1 > "$tmpdir/sum" &
+bgp=$!
+for ((i = 0; i < 100; i++)); do [ -s "$tmpdir/sum" ] && break; sleep 0.05; done
+cbt_ok s "@cbt:install/$(cat "$tmpdir/sum")" >/dev/null
+wait $bgp
+[ "$(cbt_names s | paste -sd' ')" = "a" ] || fail "the waited-for upload was not installed"
+cbt_ok s "@cbt:delete/a" >/dev/null
 
 # A good chain: a (blocks 1, 40), b (blocks 3..5), c (the newest, empty).
 sum=$(up good a:1,40 b:3,4,5 c:-)

@@ -26,6 +26,8 @@ requires nbdkit --filter=delay null --dump-plugin
 
 SIZE=$((32 * 1024 * 1024 + 12 * 1024))
 repo=$tmpdir/repo
+# Reads are slowed so that a backup is still copying 0.3 s after its
+# point began (backup_during_writes).
 start_server srv --filter=delay --filter="$FREEZE_FILTER" \
     --filter="$CBT_FILTER" --filter="$F" memory "$SIZE" \
     freeze-dir="$tmpdir" cbt-dir="$tmpdir/cbt" snapshot-dir="$tmpdir/snap" \
@@ -78,8 +80,8 @@ held () # NAME: is frozen point NAME held?
 }
 
 # backup_during_writes NAME SEED ARGS...: the backup runs (one connection,
-# slow reads); as soon as its frozen point exists, more writes go to the
-# live disk, and they must be done while the copy still runs.
+# slow reads); once its frozen point exists and the copy has begun, more
+# writes go to the live disk while the copy is unfinished.
 backup_during_writes ()
 {
     local name=$1 seed=$2 pid i; shift 2
@@ -93,9 +95,15 @@ backup_during_writes ()
         sleep 0.05
     done
     held "$name" || fail "backup $name: its frozen point never appeared"
+    # Let the copy start, then stop the tool (SIGSTOP) mid-copy while the
+    # writes land, so that a loaded machine cannot let the copy finish
+    # first; it goes on reading afterwards.
+    sleep 0.3
+    kill -STOP "$pid" 2>/dev/null
     writes "$seed" 8
     held "$name" ||
-        fail "backup $name ended before the concurrent writes did: the test proves nothing (slow machine?)"
+        fail "backup $name ended before the concurrent writes did: the test proves nothing"
+    kill -CONT "$pid"
     wait "$pid" || { cat "$tmpdir/backup-$name.out" >&2; fail "backup $name failed"; }
     cat "$tmpdir/backup-$name.out"
 }

@@ -158,4 +158,24 @@ err_has "EROFS|read-only"
 run 1 "$N" snapshot list "$(uri ro)"
 err_has "snapshot filter"
 
+# ------------------------------------------------ generated point names
+# Five backups without --name, a fraction of a second each: two of them
+# at least fall in one second and the later one takes a suffix (-2, -3)
+# instead of failing; points and server checkpoints match one to one.
+start_server dn --filter="$FREEZE_FILTER" --filter="$CBT_FILTER" memory 4M \
+    cbt-dir="$tmpdir/cbt4" freeze-dir="$tmpdir"
+for i in 1 2 3 4 5; do
+    run 0 "$N" backup "$(uri dn)" "$tmpdir/dnrepo" --no-progress
+done
+run 0 "$N" --json list "$tmpdir/dnrepo"
+pts=$(json_get "$(cat "$tmpdir/out")" '" ".join(sorted(p["name"] for p in j["points"]))')
+[ "$(wc -w <<< "$pts")" = 5 ] || fail "generated names: $pts"
+grep -Eq -- '-[2-5]( |$)' <<< "$pts" || fail "no suffixed name among: $pts"
+for p in $pts; do
+    [[ $p =~ ^b-[0-9]{8}T[0-9]{6}Z(-[2-9])?$ ]] || fail "bad generated name '$p'"
+done
+run 0 "$N" --json checkpoint list "$(uri dn)"
+cps=$(json_get "$(cat "$tmpdir/out")" '" ".join(sorted(c["name"] for c in j["checkpoints"]))')
+[ "$cps" = "$pts" ] || fail "checkpoints '$cps' are not the points '$pts'"
+
 echo "$testname: OK"

@@ -38,6 +38,7 @@ TESTS = \
 	tests/test-freeze-end-open-view.sh \
 	tests/test-freeze-nocbt.sh \
 	tests/test-freeze-one-disk.sh \
+	tests/test-freeze-parallel-open.sh \
 	tests/test-freeze-revert.sh \
 	tests/test-freeze-scratch.sh \
 	tests/test-freeze-startup.sh \
@@ -96,4 +97,5 @@ TESTS = \
 	tests/test-snapshot-tree.sh \
 	tests/test-snapshot-unaligned.sh \
 	tests/test-snapshot-views.sh \
-	tests/test-stack-stress.sh
+	tests/test-stack-stress.sh \
+	tests/test-stack-valgrind.sh

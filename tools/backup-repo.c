@@ -60,6 +60,17 @@ open_existing (struct backup *b, int mode)
   else if (r < 0)
     msg ("warning: %s", err);
 
+  /* A generated name (two backups in one second) takes the first free
+   * suffix; a name the user chose is never changed.
+   */
+  if (b->name_generated) {
+    size_t len = strlen (b->name);
+    int k;
+    for (k = 2; k < 100 &&
+           repo_point_get (b->repo, b->name, &info, err, sizeof err) == 0;
+         ++k)
+      snprintf (b->name + len, sizeof b->name - len, "-%d", k);
+  }
   if (repo_point_get (b->repo, b->name, &info, err, sizeof err) == 0)
     return fail (EXIT_FAILED, "%s: a point named '%s' already exists "
                  "(choose another --name)", b->repodir, b->name);

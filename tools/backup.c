@@ -435,6 +435,7 @@ cmd_backup (int argc, char **argv)
     struct tm tm;
     gmtime_r (&t, &tm);
     strftime (b.name, sizeof b.name, "b-%Y%m%dT%H%M%SZ", &tm);
+    b.name_generated = true;
   }
   b.show_progress = progress_wanted (progress_opt) && !opt_json;
   b.q.uri = b.uri;

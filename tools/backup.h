@@ -37,6 +37,7 @@ struct backup {
   /* options */
   const char *uri, *repodir;
   char name[REPO_NAME_MAX + 1], since[REPO_NAME_MAX + 1];
+  bool name_generated;          /* no --name: b-TIME, -2, -3... if taken */
   char until[REPO_NAME_MAX + 1];        /* --until: a past checkpoint */
   bool incremental, compress;
   int connections;

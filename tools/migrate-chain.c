@@ -189,17 +189,22 @@ int
 carry_chain (struct migrate *m)
 {
   uint32_t g = m->dst_gran;
-  uint64_t nblocks = (m->size + g - 1) / g;
-  uint64_t payload = 8 * ((nblocks + 63) / 64), rec = UP_REC + payload;
-  uint64_t len = UP_HDR + m->ncarry * rec;
+  uint64_t nblocks, payload, rec, len;
   uint8_t *buf, sum[SHA256_LEN];
   char hex[2 * SHA256_LEN + 1], ex[160], err[ERRLEN];
   struct result res;
   enum command_status st;
   size_t i;
 
+  /* Nothing to carry (then the destination may have no cbt filter, and
+   * no granularity).
+   */
   if (m->ncarry == 0)
     return EXIT_OK;
+  nblocks = (m->size + g - 1) / g;
+  payload = 8 * ((nblocks + 63) / 64);
+  rec = UP_REC + payload;
+  len = UP_HDR + m->ncarry * rec;
   buf = calloc (1, len);
   if (buf == NULL)
     return fail (EXIT_FAILED, "out of memory (%" PRIu64 " bytes of "

@@ -16,11 +16,14 @@
 #   SNAPSHOT_FILTER    the filter: "snapshot" once installed (default:
 #                      the build tree's if there is one)
 #   NBDSNAP            the nbdsnap tool (default: likewise)
+#   NBDKIT             the nbdkit to run (default: nbdkit on PATH, as it
+#                      was before this script put /usr/bin first)
 # Output: WORKDIR/failed-job-N.img (a failed job's disk) and
 # WORKDIR/failed-job-N.map (what it changed); exit 0 if the fixture did
 # its part (a failed job is not a failure of the fixture).
 set -euo pipefail
-export PATH=/usr/bin:$PATH
+NBDKIT=${NBDKIT:-$(command -v nbdkit || echo nbdkit)}
+export PATH=/usr/bin:$PATH      # nbdsh needs Debian's python3
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -63,7 +66,7 @@ echo "== serving $GOLDEN behind the snapshot filter"
 rm -rf "$work/state" "$sock"
 echo "\$ nbdkit -U $sock --filter=$SNAPSHOT_FILTER file $GOLDEN" \
      "snapshot-dir=$work/state snapshot-revert-on-close=golden"
-nbdkit -f -U "$sock" -P "$work/fixture.pid" --filter="$SNAPSHOT_FILTER" \
+"$NBDKIT" -f -U "$sock" -P "$work/fixture.pid" --filter="$SNAPSHOT_FILTER" \
     file "$GOLDEN" snapshot-dir="$work/state" \
     snapshot-revert-on-close=golden 2>"$work/nbdkit.log" &
 server=$!

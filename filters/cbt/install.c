@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <nbdkit-filter.h>
@@ -44,6 +45,13 @@ static pthread_mutex_t up_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t *up_buf;         /* NULL: nothing staged */
 static uint64_t up_len;
 static int up_open;             /* upload handles open on it */
+static pthread_cond_t up_closed = PTHREAD_COND_INITIALIZER;
+
+/* How long an install waits for the upload's connection to close: the
+ * client closes it before sending the install, but nbdkit may run our
+ * .close a moment after the next connection's first request.
+ */
+#define UP_CLOSE_WAIT 5
 
 /* Bytes of one checkpoint's record: its header and payload. */
 static uint64_t
@@ -95,6 +103,7 @@ upload_close (void)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&up_lock);
   up_open = 0;
+  pthread_cond_broadcast (&up_closed);
 }
 
 void
@@ -355,8 +364,17 @@ tracker_cmd_install (struct command *cmd, const char *sum, const char *how)
     if (up_buf == NULL)
       return command_fail (cmd, "ENOENT", "nothing was uploaded "
                            "(@cbt:upload/COUNT)");
+    if (up_open) {
+      struct timespec until;
+      clock_gettime (CLOCK_REALTIME, &until);
+      until.tv_sec += UP_CLOSE_WAIT;
+      while (up_open &&
+             pthread_cond_timedwait (&up_closed, &up_lock, &until) == 0)
+        ;
+    }
     if (up_open)
-      return command_fail (cmd, "EBUSY", "the upload is still open");
+      return command_fail (cmd, "EBUSY", "the upload is still open "
+                           "(after %d s)", UP_CLOSE_WAIT);
     if (sha256_buf (up_buf, up_len, got) == -1)
       return command_fail (cmd, "EIO", "cannot compute SHA-256");
     if (memcmp (want, got, SHA256_LEN) != 0)
