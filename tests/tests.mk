@@ -21,6 +21,7 @@ TESTS = \
 	tests/test-cbt-onedisk.sh \
 	tests/test-cbt-persist.sh \
 	tests/test-cbt-policy.sh \
+	tests/test-cbt-scale.sh \
 	tests/test-cbt-shrink.sh \
 	tests/test-cbt-snapshot.sh \
 	tests/test-cbt-startup.sh \

@@ -78,9 +78,41 @@ changed (int lo, int hi, uint64_t b)
   int i;
 
   for (i = lo; i < hi; ++i)
-    if (bitset_get_atomic (&T.cps[i]->bits, b))
+    if (sbm_get (&T.cps[i]->bits, b))
       return true;
   return false;
+}
+
+/* The first block from b on (below end) whose changed () is not ch, or
+ * end.  A leaf that none of the bitmaps [lo, hi) has is skipped whole,
+ * so an unchanged region costs per leaf, not per block.
+ */
+static uint64_t
+run_end_block (int lo, int hi, uint64_t b, uint64_t end, bool ch)
+{
+  while (b < end) {
+    size_t l = b / LEAF_BITS, w = (b % LEAF_BITS) / 64;
+    uint64_t v = 0, x;
+    bool any = false;
+    int i;
+
+    for (i = lo; i < hi; ++i)
+      if (sbm_leaf (&T.cps[i]->bits, l)) {
+        any = true;
+        v |= sbm_word (&T.cps[i]->bits, l, w);
+      }
+    if (!any) {
+      if (ch)
+        return b;
+      b = (uint64_t) (l + 1) * LEAF_BITS;
+      continue;
+    }
+    x = (ch ? ~v : v) >> (b & 63);    /* bits that end the run */
+    if (x)
+      return min64 (end, b + __builtin_ctzll (x));
+    b = (b | 63) + 1;
+  }
+  return end;
 }
 
 /* Add the extents of the changed run [offset, end): per block, zero if
@@ -148,12 +180,10 @@ tracker_extents (const char *since, const char *until, nbdkit_next *next,
   while (offset < end) {
     uint64_t b = geom_block (&T.g, offset);
     bool ch = changed (lo, hi, b);
-    uint64_t run_end = min64 (end, geom_offset (&T.g, b + 1));
-
-    while (run_end < end &&
-           changed (lo, hi, geom_block (&T.g, run_end)) == ch)
-      run_end = min64 (end, geom_offset (&T.g,
-                                         geom_block (&T.g, run_end) + 1));
+    uint64_t bend = geom_block (&T.g, end - 1) + 1;
+    uint64_t run_end = min64 (end, geom_offset (&T.g,
+                                                run_end_block (lo, hi, b + 1,
+                                                               bend, ch)));
 
     if (!ch) {
       if (nbdkit_add_extent (extents, offset, run_end - offset,

@@ -28,25 +28,33 @@
 void
 json_ckpt (struct jbuf *j, size_t i)
 {
-  uint64_t w, nw = payload_words (T.g.nblocks), blocks = 0, bytes;
+  uint64_t blocks = 0, bytes;
   bool consistent = true;
-  size_t k;
+  size_t k, l, w, nl = sbm_nleaves (T.g.nblocks);
 
   for (k = i; k < T.ncps; ++k)
     if (ckpt_inconsistent (T.cps[k]))
       consistent = false;
-  for (w = 0; w < nw; ++w) {
-    uint64_t v = 0;
-    for (k = i; k < T.ncps; ++k)
-      v |= __atomic_load_n (&T.cps[k]->bits.words[w], __ATOMIC_RELAXED);
-    blocks += __builtin_popcountll (v);
+  /* Only the leaves some bitmap has. */
+  for (l = 0; l < nl; ++l) {
+    bool any = false;
+    for (k = i; k < T.ncps && !any; ++k)
+      any = sbm_leaf (&T.cps[k]->bits, l) != NULL;
+    if (!any)
+      continue;
+    for (w = 0; w < LEAF_WORDS; ++w) {
+      uint64_t v = 0;
+      for (k = i; k < T.ncps; ++k)
+        v |= sbm_word (&T.cps[k]->bits, l, w);
+      blocks += __builtin_popcountll (v);
+    }
   }
   bytes = blocks * T.g.block_size;
   /* The last block may be short. */
   if (blocks) {
     uint64_t last = T.g.nblocks - 1;
     for (k = i; k < T.ncps; ++k)
-      if (bitset_get_atomic (&T.cps[k]->bits, last)) {
+      if (sbm_get (&T.cps[k]->bits, last)) {
         bytes -= T.g.block_size - geom_block_len (&T.g, last);
         break;
       }
@@ -158,7 +166,7 @@ new_ckpt (struct command *cmd, const char *name)
 {
   struct ckpt *c = calloc (1, sizeof *c);
 
-  if (c == NULL || bitset_init (&c->bits, T.g.nblocks) == -1) {
+  if (c == NULL || sbm_init (&c->bits, T.g.nblocks) == -1) {
     free (c);
     command_fail (cmd, "ENOMEM", "out of memory");
     return NULL;
@@ -256,10 +264,14 @@ remove_ckpt (struct command *cmd, size_t i, struct ckpt **prev)
 {
   struct ckpt *c = T.cps[i], *p = i > 0 ? T.cps[i - 1] : NULL;
   bool was_active = i == T.ncps - 1, p_inconsistent = false;
-  size_t w, nw = payload_words (T.g.nblocks);
   int r, e;
 
   *prev = p;
+  /* p gets c's leaves first (empty ones): the merge below cannot fail
+   * after the file is written.
+   */
+  if (p && sbm_reserve (&p->bits, &c->bits) == -1)
+    return command_fail (cmd, "ENOMEM", "out of memory");
   if (p) {
     /* 1. p's file gets p OR c, so that "changed since" p still covers
      * every block c recorded: open if c was the active bitmap (p becomes
@@ -271,9 +283,7 @@ remove_ckpt (struct command *cmd, size_t i, struct ckpt **prev)
       return command_fail (cmd, command_errno_name (e),
                            "cannot save the merged bitmap: %s",
                            strerror (e));
-    for (w = 0; w < nw; ++w)    /* as the file now says */
-      p->bits.words[w] |= __atomic_load_n (&c->bits.words[w],
-                                           __ATOMIC_ACQUIRE);
+    sbm_or (&p->bits, &c->bits, false); /* as the file now says */
     if (r == -2)
       return fail_hard (cmd, e, "the merged bitmap is in place, but "
                         "cbt-dir could not be made durable");

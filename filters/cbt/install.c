@@ -214,7 +214,7 @@ parse_upload (struct command *cmd, struct ckpt ***out, size_t *nout)
         return -1;
       }
     c = calloc (1, sizeof *c);
-    if (c == NULL || bitset_init (&c->bits, T.g.nblocks) == -1) {
+    if (c == NULL || sbm_init (&c->bits, T.g.nblocks) == -1) {
       free (c);
       free_chain (v, i);
       return command_fail (cmd, "ENOMEM", "out of memory");
@@ -224,15 +224,25 @@ parse_upload (struct command *cmd, struct ckpt ***out, size_t *nout)
     c->created = (int64_t) get_le64 (r);
     snprintf (c->name, sizeof c->name, "%s", (const char *) r + 8);
     v[i] = c;
-    for (w = 0; w < nw; ++w)
-      c->bits.words[w] = get_le64 (pl + 8 * w);
     /* Bits beyond the last block must be zero (docs/cbt-format.md 5.1). */
     if (T.g.nblocks % 64 &&
-        c->bits.words[nw - 1] >> (T.g.nblocks % 64) != 0) {
+        get_le64 (pl + 8 * (nw - 1)) >> (T.g.nblocks % 64) != 0) {
       command_fail (cmd, "EINVAL", "the bitmap of '%s' has bits beyond "
                     "the end of the disk", c->name);
       free_chain (v, i + 1);
       return -1;
+    }
+    /* Leaves only where a word is not zero. */
+    for (w = 0; w < nw; ++w) {
+      uint64_t x = get_le64 (pl + 8 * w), *leaf;
+      if (x == 0)
+        continue;
+      leaf = sbm_leaf_alloc (&c->bits, w / LEAF_WORDS);
+      if (leaf == NULL) {
+        free_chain (v, i + 1);
+        return command_fail (cmd, "ENOMEM", "out of memory");
+      }
+      leaf[w % LEAF_WORDS] = x;
     }
   }
   *out = v;

@@ -1,8 +1,10 @@
 /* nbdsnap cbt filter: the data path.
  *
  * Every write, zero and trim of the live disk marks its blocks in the
- * active bitmap before it passes down.  The marks reach the open bitmap
- * file in place, page by page (docs/cbt-format.md section 5.4): in
+ * active bitmap before it passes down; a block whose bit is set already
+ * (durably, in strict mode) costs two atomic loads: no lock, no
+ * allocation, no syscall.  The marks reach the open bitmap file leaf by
+ * leaf, in place or appended (docs/cbt-format.md section 5.4): in
  * strict mode before the write passes down, in flush mode at each NBD
  * flush.  Concurrent writers share one round of page writes and one
  * fdatasync (group commit).
@@ -22,14 +24,15 @@
 #include "statefile.h"
 #include "tracker-internal.h"
 
-/* fdatasync the active bitmap a after the n pages of this batch were
- * written; in strict mode the words they held are durable now.  -1 and
- * errno.
+/* fdatasync the active bitmap a after the n records of this batch were
+ * written; in strict mode the leaves they held are durable now (added to
+ * T.durable, whose leaves tracker_mark allocated: nothing here
+ * allocates).  -1 and errno.
  */
 static int
 commit_batch (struct ckpt *a, size_t n)
 {
-  size_t nw = payload_words (T.g.nblocks), i, k;
+  size_t i, k;
 
   if (n == 0)
     return 0;
@@ -38,52 +41,67 @@ commit_batch (struct ckpt *a, size_t n)
   if (T.sync != CBT_SYNC_STRICT)
     return 0;
   for (i = 0; i < n; ++i) {
-    size_t w0 = T.round_pages[i] * (PAGE_BYTES / 8);
-    size_t nwp = min64 (PAGE_BYTES / 8, nw - w0);
-    const uint8_t *buf = T.round_buf + i * PAGE_BYTES;
-    for (k = 0; k < nwp; ++k)
-      __atomic_fetch_or (&T.durable.words[w0 + k], get_le64 (buf + 8 * k),
-                         __ATOMIC_ACQ_REL);
+    const uint8_t *buf = T.round_buf + i * REC_BYTES + 8;
+    uint64_t *leaf = sbm_leaf (&T.durable, T.round_pages[i]);
+
+    for (k = 0; leaf && k < LEAF_WORDS; ++k)
+      __atomic_fetch_or (&leaf[k], get_le64 (buf + 8 * k), __ATOMIC_ACQ_REL);
   }
   return 0;
 }
 
-/* Write the dirty pages of the active bitmap a in place and fdatasync.
- * In strict mode the words written become durable (T.durable) once the
- * fdatasync succeeded; a round of more than ROUND_PAGES pages syncs
+/* Write the dirty leaves of the active bitmap a to its file and
+ * fdatasync: in place where the file has the leaf's record, else as a
+ * new record appended at a->fend (docs/cbt-format.md section 5.4).  In
+ * strict mode the leaves written become durable (T.durable) once the
+ * fdatasync succeeded; a round of more than ROUND_PAGES leaves syncs
  * once per ROUND_PAGES.  One round at a time (T.syncing), so the round
- * buffers of T, allocated at start, are ours: nothing here allocates.
- * -1 and errno: the caller enters the failed state, since pages may be
- * half written and Linux reports a writeback error only once.
+ * buffers of T, allocated at start, and a->foff and a->fend are ours.
+ * -1 and errno: the caller enters the failed state, since records may
+ * be half written and Linux reports a writeback error only once.
  */
 static int
 write_dirty_pages (struct ckpt *a)
 {
   uint64_t npages = T.dirty_pages.nbits, p;
-  size_t nw = payload_words (T.g.nblocks), n = 0;
+  size_t n = 0;
   bool strict = T.sync == CBT_SYNC_STRICT;
 
   for (p = 0; p < npages; ++p) {
-    uint64_t m = UINT64_C (1) << (p & 63);
-    size_t w0 = p * (PAGE_BYTES / 8), nwp, k;
+    uint64_t m = UINT64_C (1) << (p & 63), off;
+    size_t k, wlen;
     uint8_t *buf;
+    bool append;
 
+    if ((p & 63) == 0 &&
+        __atomic_load_n (&T.dirty_pages.words[p >> 6], __ATOMIC_ACQUIRE)
+        == 0) {
+      p += 63;                  /* 64 clean leaves */
+      continue;
+    }
     if (!(__atomic_fetch_and (&T.dirty_pages.words[p >> 6], ~m,
                               __ATOMIC_ACQ_REL) & m))
       continue;
-    /* Flush mode keeps no copy: every page goes through slot 0 and one
-     * fdatasync ends the round.
+    /* Flush mode keeps no copy: every record goes through slot 0 and
+     * one fdatasync ends the round.
      */
-    buf = T.round_buf + (strict ? n : 0) * PAGE_BYTES;
-    nwp = min64 (PAGE_BYTES / 8, nw - w0);
-    for (k = 0; k < nwp; ++k)
-      put_le64 (buf + 8 * k,
-                __atomic_load_n (&a->bits.words[w0 + k], __ATOMIC_ACQUIRE));
-    if (pwrite_full (a->fd, buf, nwp * 8, BINHDR_SIZE + w0 * 8) == -1) {
+    buf = T.round_buf + (strict ? n : 0) * REC_BYTES;
+    put_le64 (buf, p + 1);
+    for (k = 0; k < LEAF_WORDS; ++k)
+      put_le64 (buf + 8 + 8 * k, sbm_word (&a->bits, p, k));
+    append = a->foff[p] == 0;
+    off = append ? a->fend : a->foff[p];
+    wlen = append ? REC_BYTES : LEAF_BYTES;
+    if (pwrite_full (a->fd, append ? buf : buf + 8, wlen,
+                     append ? off : off + 8) == -1) {
       int e = errno;
       __atomic_fetch_or (&T.dirty_pages.words[p >> 6], m, __ATOMIC_ACQ_REL);
       errno = e;
       return -1;
+    }
+    if (append) {
+      a->foff[p] = off;
+      a->fend += REC_BYTES;
     }
     if (strict) {
       T.round_pages[n++] = p;
@@ -178,19 +196,30 @@ tracker_mark (uint64_t offset, uint64_t count, int *err)
   b0 = geom_block (&T.g, offset);
   b1 = geom_block (&T.g, offset + count - 1);
   for (b = b0; b <= b1; ++b) {
+    int r;
+
     if (T.sync == CBT_SYNC_STRICT) {
-      if (bitset_get_atomic (&T.durable, b))
+      if (sbm_get (&T.durable, b))
         continue;               /* already durably dirty: free */
-      /* Set or not by us, it is not on disk yet: make sure the page is
-       * written by the round we are going to wait for.
+      /* Set or not by us, it is not on disk yet: make sure the leaf is
+       * written by the round we are going to wait for (which records it
+       * in T.durable: its leaf is allocated here, where an error can
+       * still fail the write).
        */
-      bitset_set_atomic (&a->bits, b);
+      if (sbm_leaf_alloc (&T.durable, b / LEAF_BITS) == NULL ||
+          sbm_set (&a->bits, b) == -1) {
+        *err = ENOMEM;          /* the write does not pass down */
+        return -1;
+      }
       bitset_set_atomic (&T.dirty_pages, b / PAGE_BITS);
       need_sync = true;
     }
-    else if (!bitset_get_atomic (&a->bits, b) &&
-             bitset_set_atomic (&a->bits, b))
+    else if ((r = sbm_set (&a->bits, b)) == 1)
       bitset_set_atomic (&T.dirty_pages, b / PAGE_BITS);
+    else if (r == -1) {
+      *err = ENOMEM;
+      return -1;
+    }
   }
   if (need_sync && sync_bits (a) == -1) {
     *err = EIO;

@@ -152,7 +152,10 @@ load_bitmaps (uint64_t old_size, const struct saved_state *st)
    */
   for (b = geom_block (&T.g, old_size);
        old_size < T.g.disk_size && b < T.g.nblocks; ++b)
-    bitset_set (&a->bits, b);
+    if (sbm_set (&a->bits, b) == -1) {
+      nbdkit_error ("cbt: out of memory");
+      return -1;
+    }
   /* Older bitmaps: at the new size, and sealed (a crash can leave one
    * open, section 7.3).
    */
@@ -245,9 +248,9 @@ tracker_after_fork (nbdkit_backend *backend, const char *exportname)
   }
   geom_init (&T.g, size, gran);
 
-  if (bitset_init (&T.durable, T.g.nblocks) == -1 ||
+  if (sbm_init (&T.durable, T.g.nblocks) == -1 ||
       bitset_init (&T.dirty_pages, T.g.nblocks / PAGE_BITS + 1) == -1 ||
-      (T.round_buf = malloc (ROUND_PAGES * PAGE_BYTES)) == NULL ||
+      (T.round_buf = malloc (ROUND_PAGES * REC_BYTES)) == NULL ||
       (T.round_pages = malloc (ROUND_PAGES * sizeof *T.round_pages)) ==
       NULL) {
     nbdkit_error ("cbt: out of memory");
@@ -296,7 +299,7 @@ tracker_stop (void)
                     "unclean stop)");
   }
   free_all ();
-  bitset_free (&T.durable);
+  sbm_free (&T.durable);
   bitset_free (&T.dirty_pages);
   free (T.round_buf);
   free (T.round_pages);

@@ -3,13 +3,16 @@
  * Files in cbt-dir (docs/cbt-format.md has the bytes):
  *   lock              flock'd while nbdkit runs
  *   state             text: geometry, checkpoints, clean/running status
- *   bitmap-ID.bits    one bit per block; frozen bitmaps carry a SHA-256,
- *                     the active one is "open" (updated in place) while
- *                     nbdkit runs and sealed with its checksum at shutdown
+ *   bitmap-ID.bits    one bit per block, as the leaves of a sparse bitmap
+ *                     (sbitmap.h) that have a bit set; frozen bitmaps
+ *                     carry a SHA-256, the active one is "open" (updated
+ *                     in place, new leaves appended) while nbdkit runs
+ *                     and sealed with its checksum at shutdown
  *
  * Durability.  strict: before a write passes down, the bits for its blocks
  * are on disk (group commit: one fdatasync serves every writer waiting
- * for it; a block already durably dirty costs one atomic load).  flush:
+ * for it; a block already durably dirty costs two atomic loads: no
+ * lock, no syscall).  flush:
  * bits are written at flush and clean shutdown; after an unclean stop the
  * active bitmap is marked inconsistent, and change maps that need it are
  * refused.
@@ -28,6 +31,7 @@
  * The tracker's files, one concept each:
  *   start.c        start and stop: the directory, strays, disk size changes
  *   state.c        the state file
+ *   sbitmap.c      sparse bitmaps in memory (leaves allocated on use)
  *   bitmapfile.c   the bitmap files
  *   mark.c         the data path: marking writes, making the marks durable
  *   checkpoints.c  the commands create, list, delete
@@ -47,11 +51,14 @@
 #include "failure.h"
 #include "gate.h"
 #include "geom.h"
+#include "sbitmap.h"
 #include "tracker.h"
 
 #define STATE_NAME "state"             /* the state file of cbt-dir */
-#define PAGE_BYTES 4096                 /* unit of in-place bitmap writes */
-#define PAGE_BITS (PAGE_BYTES * 8)
+#define PAGE_BYTES LEAF_BYTES           /* unit of in-place bitmap writes */
+#define PAGE_BITS LEAF_BITS
+/* A leaf record of a bitmap file: le64 leaf number + 1, the leaf. */
+#define REC_BYTES (8 + LEAF_BYTES)
 #define ROUND_PAGES 64                  /* strict: pages per fdatasync */
 
 /* What the state file says besides the checkpoints. */
@@ -70,8 +77,11 @@ struct ckpt {
   bool inconsistent;            /* may miss writes (atomic: see ckpt_*) */
   bool open_on_disk;            /* its file is open (unsealed): the stop
                                  * must seal it */
-  struct bitset bits;
+  struct sbitmap bits;
   int fd;                       /* active bitmap: open for in-place writes */
+  uint64_t *foff;               /* open file: offset of each leaf's record
+                                 * (0: none yet), by bm_write */
+  uint64_t fend;                /* open file: its length (appends go here) */
 };
 
 struct tracker {
@@ -98,13 +108,14 @@ struct tracker {
   struct gate gate;             /* writes vs checkpoint creation */
 
   /* Persistence of the active bitmap (mark.c). */
-  struct bitset dirty_pages;    /* pages of it that differ from disk */
-  struct bitset durable;        /* strict: bits known to be on disk */
+  struct bitset dirty_pages;    /* leaves of it that differ from disk */
+  struct sbitmap durable;       /* strict: bits known to be on disk (a
+                                 * cache: a bit missing costs a sync) */
   pthread_mutex_t sync_lock;
   pthread_cond_t sync_cond;
   uint64_t req_seq, done_seq;
   bool syncing;
-  uint8_t *round_buf;           /* ROUND_PAGES pages as written (LE) */
+  uint8_t *round_buf;           /* ROUND_PAGES records as written (LE) */
   uint64_t *round_pages;        /* their page numbers */
 };
 
