@@ -17,6 +17,13 @@
 #   BENCH_SECONDS=5  BENCH_REPS=3  BENCH_SIZE=1G  BENCH_TMPDIR=/var/tmp
 #   BENCH_CONFIGS="file-bare file-snap ..."  (default: all six)
 #   BENCH_JOBS="1 4"
+#   BENCH_MODES="fresh warm"  fresh: the timed run starts on a new
+#               layer, so many writes are the first of their 64K block;
+#               warm: the whole disk is written once (1M sequential)
+#               first, so every block is already in the active layer
+#   BENCH_BEFORE=DIR  another built tree (e.g. the previous commit): the
+#               configurations file-snap0, file-full0, mem-snap0, mem-full0
+#               run its filters, for before/after figures from one run
 set -euo pipefail
 
 top=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
@@ -29,6 +36,7 @@ SIZE=${BENCH_SIZE:-1G}
 BASEDIR=${BENCH_TMPDIR:-/var/tmp}
 CONFIGS=${BENCH_CONFIGS:-file-bare file-snap file-full mem-bare mem-snap mem-full}
 JOBS=${BENCH_JOBS:-1 4}
+MODES=${BENCH_MODES:-fresh warm}
 export PATH=/usr/bin:$PATH
 
 for f in "$SNAP" "$CBT" "$FRZ"; do
@@ -51,15 +59,22 @@ start() {   # start CONFIG
         file-*) truncate -s "$SIZE" "$tmp/disk.img"; plugin=(file "$tmp/disk.img") ;;
         mem-*)  plugin=(memory "$SIZE") ;;
     esac
+    local s=$SNAP cb=$CBT fz=$FRZ
+    case $c in
+        *0) b=${BENCH_BEFORE:?BENCH_BEFORE is not set}
+            s=$b/filters/snapshot/.libs/nbdkit-snapshot-filter.so
+            cb=$b/filters/cbt/.libs/nbdkit-cbt-filter.so
+            fz=$b/filters/freeze/.libs/nbdkit-freeze-filter.so ;;
+    esac
     case $c in
         *-bare) ;;
-        *-snap) filters=(--filter="$SNAP") ;;
-        *-full) filters=(--filter="$FRZ" --filter="$CBT" --filter="$SNAP") ;;
+        *-snap*) filters=(--filter="$s") ;;
+        *-full*) filters=(--filter="$fz" --filter="$cb" --filter="$s") ;;
     esac
     local params=()
     case $c in
-        *-snap) params=(snapshot-dir="$tmp/state/snap") ;;
-        *-full) params=(snapshot-dir="$tmp/state/snap" cbt-dir="$tmp/state/cbt"
+        *-snap*) params=(snapshot-dir="$tmp/state/snap") ;;
+        *-full*) params=(snapshot-dir="$tmp/state/snap" cbt-dir="$tmp/state/cbt"
                         freeze-dir="$tmp/state/freeze") ;;
     esac
     nbdkit -f -U "$tmp/s.sock" -P "$tmp/s.pid" "${filters[@]}" "${plugin[@]}" \
@@ -89,25 +104,33 @@ print("%.0f" % j["write"]["iops"])' "$tmp/fio.json"
 
 declare -A R
 log "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg); $SIZE, $SECS s, $REPS rounds"
+fill() {
+    fio --name=fill --ioengine=nbd --uri="nbd+unix:///?socket=$tmp/s.sock" \
+        --rw=write --bs=1M --iodepth=16 --output="$tmp/fill.txt" >/dev/null
+}
 for round in $(seq "$REPS"); do
-    for j in $JOBS; do
-        for c in $CONFIGS; do
-            start "$c"
-            v=$(iops "$j")
-            stop
-            R[$c,$j]="${R[$c,$j]:-} $v"
-            log "round $round, $c, $j conn: $v IOPS"
+    for m in $MODES; do
+        for j in $JOBS; do
+            for c in $CONFIGS; do
+                start "$c"
+                [ "$m" = warm ] && fill
+                v=$(iops "$j")
+                stop
+                R[$m,$c,$j]="${R[$m,$c,$j]:-} $v"
+                log "round $round, $m, $c, $j conn: $v IOPS"
+            done
         done
     done
 done
 log "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-printf '%-10s %5s %10s %7s   %s\n' config conns "IOPS(med)" ratio "rounds (IOPS / ratio to the bare plugin of the same round)"
+printf '%-6s %-10s %5s %10s %7s   %s\n' mode config conns "IOPS(med)" ratio "rounds (IOPS / ratio to the bare plugin of the same round)"
+for m in $MODES; do
 for j in $JOBS; do
     for c in $CONFIGS; do
         base=${c%%-*}-bare
-        vals=(${R[$c,$j]}) bvals=(${R[$base,$j]:-})
+        vals=(${R[$m,$c,$j]}) bvals=(${R[$m,$base,$j]:-})
         ratios=() detail=
         for i in "${!vals[@]}"; do
             if [ -n "${bvals[$i]:-}" ]; then
@@ -117,6 +140,7 @@ for j in $JOBS; do
         done
         med=$(echo "${vals[*]}" | median)
         mr=$( [ ${#ratios[@]} -gt 0 ] && echo "${ratios[*]}" | median || echo -)
-        printf '%-10s %5s %10s %7s  %s\n' "$c" "$j" "$med" "$mr" "$detail"
+        printf '%-6s %-10s %5s %10s %7s  %s\n' "$m" "$c" "$j" "$med" "$mr" "$detail"
     done
+done
 done
