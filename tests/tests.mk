@@ -83,6 +83,7 @@ TESTS = \
 	tests/test-snapshot-faults.sh \
 	tests/test-snapshot-fsync.sh \
 	tests/test-snapshot-fulldir.sh \
+	tests/test-snapshot-inplace.sh \
 	tests/test-snapshot-list.sh \
 	tests/test-snapshot-model.sh \
 	tests/test-snapshot-multiconn.sh \

@@ -2,7 +2,9 @@
  *
  * Reads go through an owner map (the live disk's or a view's); writes
  * and zeroes go into the active layer, whole blocks at a time, with a
- * read-modify-write under the block's stripe lock for partial blocks.
+ * read-modify-write under the block's stripe lock for the first partial
+ * write of a block; once the active layer holds a block as data, a
+ * partial write is a single pwrite into it, with no lock.
  */
 #include <config.h>
 
@@ -175,14 +177,62 @@ rmw_locked (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
   return 0;
 }
 
-/* Read-modify-write part of block b: n bytes at boff from src (or zero). */
-static int
-rmw_block (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
-           const char *src, int *err)
+/* Does the active layer hold block b as data?  Once it does, that stays
+ * so until a whole-block zero (which overlaps any write to b) or a
+ * change of the live chain (which holds the gate): a partial write can
+ * then go straight into the layer's data file, with no lock, no read and
+ * no state change (the next flush's fdatasync covers it).  A merge only
+ * fills blocks the active layer lacks, so it never touches such a block.
+ */
+static inline bool
+owned_data (struct layer *a, uint64_t b)
 {
-  char *tmp = malloc (S.g.block_size);
+  return bstate_get (&a->st, b) == BSTATE_DATA;
+}
+
+/* Write n bytes from src (or zeroes) at boff in block b, which the
+ * active layer holds as data: one pwrite, nothing else.
+ */
+static int
+write_in_place (uint64_t b, uint64_t boff, uint64_t n, const char *src,
+                int *err)
+{
+  static const char zeroes[65536];
+  struct layer *a = S.active;
+  uint64_t off = geom_offset (&S.g, b) + boff;
+
+  while (n > 0) {
+    uint64_t len = src ? n : min64 (n, sizeof zeroes);
+    if (pwrite_full (a->fd, src ? src : zeroes, len, off) == -1) {
+      *err = errno;
+      nbdkit_error ("snapshot: write: %m");
+      return -1;
+    }
+    if (src)
+      src += len;
+    off += len;
+    n -= len;
+  }
+  return 0;
+}
+
+/* Write part of block b: n bytes at boff from src (or zero). */
+static int
+write_partial (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
+               const char *src, int *err)
+{
+  char *tmp;
   int r;
 
+  /* Fast path: the active layer already holds the block. */
+  if (owned_data (S.active, b))
+    return write_in_place (b, boff, n, src, err);
+
+  /* The first write of the block into the active layer: read-modify-
+   * write of the whole block under its stripe lock (the layer keeps no
+   * presence finer than a block; see docs/benchmarks.md).
+   */
+  tmp = malloc (S.g.block_size);
   if (tmp == NULL) {
     *err = ENOMEM;
     nbdkit_error ("snapshot: write: out of memory");
@@ -190,7 +240,14 @@ rmw_block (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
   }
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe (b));
-    r = rmw_locked (next, b, boff, n, src, tmp, err);
+    /* Another writer of b may have made it ours while we waited: then
+     * a read-modify-write would race with the in-place writes that
+     * other writers now do without the lock.
+     */
+    if (owned_data (S.active, b))
+      r = write_in_place (b, boff, n, src, err);
+    else
+      r = rmw_locked (next, b, boff, n, src, tmp, err);
   }
   free (tmp);
   return r;
@@ -244,7 +301,7 @@ modify (nbdkit_next *next, const char *buf, uint32_t count, uint64_t offset,
     }
     else {
       uint64_t n = min64 (bl - boff, end - offset);
-      if (rmw_block (next, b, boff, n, buf, err) == -1) { r = -1; break; }
+      if (write_partial (next, b, boff, n, buf, err) == -1) { r = -1; break; }
       if (buf) buf += n;
       offset += n;
     }
