@@ -187,7 +187,7 @@ rmw_locked (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
 static inline bool
 owned_data (struct layer *a, uint64_t b)
 {
-  return bstate_get (&a->st, b) == BSTATE_DATA;
+  return smap_get (&a->st, b) == BSTATE_DATA;
 }
 
 /* Write n bytes from src (or zeroes) at boff in block b, which the
