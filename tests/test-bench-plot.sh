@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # bench/plot.sh draws a PNG from each saved bench-snapshot.sh result in
-# bench/results/ (gnuplot), and refuses a file that is not one.
+# bench/results/ (gnuplot; other benchmarks' results there are left
+# alone), and refuses a file that is not one.
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 requires gnuplot --version
 n=0
 for f in "$top_srcdir"/bench/results/*.txt; do
+    # Only bench-snapshot.sh's results (other benchmarks save theirs too).
+    grep -q '^nbdsnap snapshot filter benchmark' "$f" || continue
     PLOT_DIR=$tmpdir bash "$top_srcdir/bench/plot.sh" "$f" ||
         fail "plot.sh failed on $f"
     png=$tmpdir/$(basename "$f" .txt).png

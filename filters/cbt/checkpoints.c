@@ -158,14 +158,27 @@ push_ckpt (struct command *cmd, struct ckpt *c)
   return 0;
 }
 
-/* A new checkpoint called name, not in the list yet (T.cmd_lock held).
- * NULL after command_fail.
+/* A new checkpoint called name, not in the list yet (T.cmd_lock held):
+ * the name valid and free, the tracker not failed.  NULL after
+ * command_fail.
  */
 struct ckpt *
 new_ckpt (struct command *cmd, const char *name)
 {
-  struct ckpt *c = calloc (1, sizeof *c);
+  struct ckpt *c;
+  char why[256];
 
+  if (!name_valid (name, why, sizeof why)) {
+    command_fail (cmd, "EINVAL", "%s", why);
+    return NULL;
+  }
+  if (failure_check_command (&T.fail, cmd) == -1)
+    return NULL;
+  if (find_ckpt (name) >= 0) {
+    command_fail (cmd, "EEXIST", "checkpoint '%s' already exists", name);
+    return NULL;
+  }
+  c = calloc (1, sizeof *c);
   if (c == NULL || sbm_init (&c->bits, T.g.nblocks) == -1) {
     free (c);
     command_fail (cmd, "ENOMEM", "out of memory");
@@ -178,51 +191,53 @@ new_ckpt (struct command *cmd, const char *name)
   return c;
 }
 
+/* The instant of a new checkpoint (gate held, list write-locked): the
+ * writes acknowledged so far made durable below, then c the newest.
+ * Writes acknowledged before this instant must not be lost by a crash
+ * after it: the disk would go back to older content in blocks the new
+ * bitmap does not hold, and an incremental backup since this checkpoint
+ * would miss them.  No write can start meanwhile (gate).  -1 after
+ * command_fail, c freed if it was not added.
+ */
+int
+flush_push_ckpt (struct command *cmd, struct ckpt *c, nbdkit_next *below)
+{
+  int r, err = 0;
+
+  /* A write may have failed the tracker while we waited. */
+  if (failure_check_command (&T.fail, cmd) == -1)
+    r = -1;
+  else if (below && below->can_flush (below) == 1 &&
+           below->flush (below, 0, &err) == -1)
+    r = command_fail (cmd, command_errno_name (err), "cannot flush the "
+                      "disk below before the checkpoint: %s",
+                      strerror (err));
+  else
+    r = push_ckpt (cmd, c);
+  if (r == -1 && active_ckpt () != c)
+    ckpt_free (c);              /* not added */
+  return r;
+}
+
 /* @cbt:create/NAME. */
 int
 tracker_cmd_create (struct command *cmd, const char *name,
                     nbdkit_next *below)
 {
   struct ckpt *c;
-  char why[256];
-  int r, err = 0;
-
-  if (!name_valid (name, why, sizeof why))
-    return command_fail (cmd, "EINVAL", "%s", why);
+  int r;
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&T.cmd_lock);
-  if (failure_check_command (&T.fail, cmd) == -1)
-    return -1;
-  if (find_ckpt (name) >= 0)
-    return command_fail (cmd, "EEXIST", "checkpoint '%s' already exists",
-                         name);
   c = new_ckpt (cmd, name);
   if (c == NULL)
     return -1;
-
   {
     /* Every write lands wholly before or wholly after this instant.  The
      * list moves: only with every writer and reader out.
      */
     GATE_HOLD_FOR_CURRENT_SCOPE (&T.gate);
     ACQUIRE_WRLOCK_FOR_CURRENT_SCOPE (&T.rw);
-    /* A write may have failed the tracker while we waited. */
-    if (failure_check_command (&T.fail, cmd) == -1)
-      r = -1;
-    /* Writes acknowledged before this instant must not be lost by a
-     * crash after it: the disk would go back to older content in blocks
-     * the new bitmap does not hold, and an incremental backup since this
-     * checkpoint would miss them.  No write can start meanwhile (gate).
-     */
-    else if (below && below->can_flush (below) == 1 &&
-             below->flush (below, 0, &err) == -1)
-      r = command_fail (cmd, command_errno_name (err), "cannot flush the "
-                        "disk below before the checkpoint: %s",
-                        strerror (err));
-    else
-      r = push_ckpt (cmd, c);
-    if (r == -1 && active_ckpt () != c)
-      ckpt_free (c);            /* not added */
+    r = flush_push_ckpt (cmd, c, below);
   }
   if (r == -1)
     return -1;

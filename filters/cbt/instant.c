@@ -145,18 +145,9 @@ tracker_cmd_create_snapshot (struct command *cmd, const char *name,
 {
   struct answer a = { .ok = false };
   struct ckpt *c;
-  char why[256];
-  int r, err = 0;
-
-  if (!name_valid (name, why, sizeof why))
-    return command_fail (cmd, "EINVAL", "%s", why);
+  int r;
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&T.cmd_lock);
-  if (failure_check_command (&T.fail, cmd) == -1)
-    return -1;
-  if (find_ckpt (name) >= 0)
-    return command_fail (cmd, "EEXIST", "checkpoint '%s' already exists",
-                         name);
   c = new_ckpt (cmd, name);
   if (c == NULL)
     return -1;
@@ -166,20 +157,7 @@ tracker_cmd_create_snapshot (struct command *cmd, const char *name,
     c->created = time (NULL);   /* the instant, as the snapshot's time */
     {
       ACQUIRE_WRLOCK_FOR_CURRENT_SCOPE (&T.rw);
-      if (failure_check_command (&T.fail, cmd) == -1)
-        r = -1;
-      /* As @cbt:create: writes acknowledged before the instant are made
-       * durable first (checkpoints.c says why).
-       */
-      else if (below && below->can_flush (below) == 1 &&
-               below->flush (below, 0, &err) == -1)
-        r = command_fail (cmd, command_errno_name (err), "cannot flush the "
-                          "disk below before the checkpoint: %s",
-                          strerror (err));
-      else
-        r = push_ckpt (cmd, c);
-      if (r == -1 && active_ckpt () != c)
-        ckpt_free (c);          /* not added */
+      r = flush_push_ckpt (cmd, c, below);
     }
     if (r == -1)
       return -1;

@@ -205,10 +205,16 @@ void ckpt_free (struct ckpt *c);
  * (a checkpoint and a snapshot at one instant).
  */
 
-/* A new checkpoint called name, not in the list (T.cmd_lock held).  NULL
- * after command_fail.
+/* A new checkpoint called name, not in the list (T.cmd_lock held): the
+ * name valid and free, the tracker not failed.  NULL after command_fail.
  */
 struct ckpt *new_ckpt (struct command *cmd, const char *name)
+  __attribute__ ((nonnull (1, 2)));
+/* The instant of new checkpoint c (gate held, list write-locked): flush
+ * below (may be NULL), then make c the newest.  -1 after command_fail,
+ * c freed unless it was added.
+ */
+int flush_push_ckpt (struct command *cmd, struct ckpt *c, nbdkit_next *below)
   __attribute__ ((nonnull (1, 2)));
 /* Make c the newest checkpoint (gate held, list write-locked).  -1 after
  * command_fail: c was not added (the caller frees it, unless the
