@@ -26,8 +26,7 @@ requires nbdkit --filter=delay null --dump-plugin
 
 SIZE=$((32 * 1024 * 1024 + 12 * 1024))
 repo=$tmpdir/repo
-# Reads are slowed so that a backup is still copying 0.3 s after its
-# point began (backup_during_writes).
+# Reads are slowed, so that views are read while other requests run.
 start_server srv --filter=delay --filter="$FREEZE_FILTER" \
     --filter="$CBT_FILTER" --filter="$F" memory "$SIZE" \
     freeze-dir="$tmpdir" cbt-dir="$tmpdir/cbt" snapshot-dir="$tmpdir/snap" \
@@ -80,30 +79,30 @@ held () # NAME: is frozen point NAME held?
 }
 
 # backup_during_writes NAME SEED ARGS...: the backup runs (one connection,
-# slow reads); once its frozen point exists and the copy has begun, more
-# writes go to the live disk while the copy is unfinished.
+# slow reads); its --thaw-cmd hook, which runs right after its frozen
+# point is begun and before the copy, waits for the test: more writes go
+# to the live disk while the point is held and nothing is copied yet, so
+# every block they change must come from the frozen point's saved copy.
 backup_during_writes ()
 {
     local name=$1 seed=$2 pid i; shift 2
+    local begun=$tmpdir/begun-$name go=$tmpdir/go-$name
     "$NBDSNAP" backup "$U" "$repo" --name "$name" --no-progress \
-        --connections 1 "$@" > "$tmpdir/backup-$name.out" 2>&1 &
+        --connections 1 \
+        --thaw-cmd "touch '$begun'; while [ ! -e '$go' ]; do sleep 0.05; done" \
+        "$@" > "$tmpdir/backup-$name.out" 2>&1 &
     pid=$!
     bg_register "$pid"
-    for ((i = 0; i < 300; i++)); do
-        held "$name" && break
+    for ((i = 0; i < 600; i++)); do
+        [ -e "$begun" ] && break
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.05
     done
-    held "$name" || fail "backup $name: its frozen point never appeared"
-    # Let the copy start, then stop the tool (SIGSTOP) mid-copy while the
-    # writes land, so that a loaded machine cannot let the copy finish
-    # first; it goes on reading afterwards.
-    sleep 0.3
-    kill -STOP "$pid" 2>/dev/null
+    [ -e "$begun" ] || { touch "$go"; fail "backup $name: its point was never begun"; }
+    held "$name" || { touch "$go"; fail "backup $name: its frozen point is not held"; }
     writes "$seed" 8
-    held "$name" ||
-        fail "backup $name ended before the concurrent writes did: the test proves nothing"
-    kill -CONT "$pid"
+    held "$name" || { touch "$go"; fail "backup $name: its frozen point went away during the writes"; }
+    touch "$go"
     wait "$pid" || { cat "$tmpdir/backup-$name.out" >&2; fail "backup $name failed"; }
     cat "$tmpdir/backup-$name.out"
 }
