@@ -91,32 +91,52 @@ out_of_memory (const char *what)
   abort ();
 }
 
+/* The top level of a map of nleaves leaves (all empty): returned, with
+ * *present; NULL (ENOMEM) with *present NULL.
+ */
+static void *
+tables_alloc (uint64_t **present, size_t nleaves)
+{
+  void *top = top_alloc (nleaves);
+
+  *present = present_alloc (nleaves);
+  if (top == NULL || *present == NULL) {
+    top_free (top, nleaves);
+    free (*present);
+    *present = NULL;
+    errno = ENOMEM;
+    return NULL;
+  }
+  return top;
+}
+
+/* Free a map's leaves and its top level (leaf, present: as allocated). */
+static void
+tables_free (void **leaf, uint64_t *present, size_t nleaves)
+{
+  size_t i;
+
+  if (leaf && present)
+    for (i = sparse_next (present, nleaves, 0); i < nleaves;
+         i = sparse_next (present, nleaves, i + 1))
+      free (leaf[i]);
+  top_free (leaf, nleaves);
+  free (present);
+}
+
 int
 smap_init (struct smap *m, uint64_t nblocks)
 {
   m->nblocks = nblocks;
   m->nleaves = sparse_nleaves (nblocks);
-  m->leaf = top_alloc (m->nleaves);
-  m->present = present_alloc (m->nleaves);
-  if (m->leaf == NULL || m->present == NULL) {
-    smap_free (m);
-    errno = ENOMEM;
-    return -1;
-  }
-  return 0;
+  m->leaf = tables_alloc (&m->present, m->nleaves);
+  return m->leaf ? 0 : -1;
 }
 
 void
 smap_free (struct smap *m)
 {
-  size_t i;
-
-  if (m->leaf && m->present)
-    for (i = sparse_next (m->present, m->nleaves, 0); i < m->nleaves;
-         i = sparse_next (m->present, m->nleaves, i + 1))
-      free (m->leaf[i]);
-  top_free (m->leaf, m->nleaves);
-  free (m->present);
+  tables_free ((void **) m->leaf, m->present, m->nleaves);
   m->leaf = NULL;
   m->present = NULL;
 }
@@ -172,27 +192,14 @@ int
 omap_init (struct omap *m, uint64_t nblocks)
 {
   m->nleaves = sparse_nleaves (nblocks);
-  m->leaf = top_alloc (m->nleaves);
-  m->present = present_alloc (m->nleaves);
-  if (m->leaf == NULL || m->present == NULL) {
-    omap_free (m);
-    errno = ENOMEM;
-    return -1;
-  }
-  return 0;
+  m->leaf = tables_alloc (&m->present, m->nleaves);
+  return m->leaf ? 0 : -1;
 }
 
 void
 omap_free (struct omap *m)
 {
-  size_t i;
-
-  if (m->leaf && m->present)
-    for (i = sparse_next (m->present, m->nleaves, 0); i < m->nleaves;
-         i = sparse_next (m->present, m->nleaves, i + 1))
-      free (m->leaf[i]);
-  top_free (m->leaf, m->nleaves);
-  free (m->present);
+  tables_free ((void **) m->leaf, m->present, m->nleaves);
   m->leaf = NULL;
   m->present = NULL;
 }
