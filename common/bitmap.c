@@ -32,18 +32,7 @@ bstate_free (struct bstate *bs)
 unsigned
 bstate_set (struct bstate *bs, uint64_t blk, unsigned v)
 {
-  uint64_t *p = &bs->words[blk >> 5];
-  unsigned shift = (blk & 31) * 2;
-  uint64_t mask = UINT64_C (3) << shift;
-  uint64_t old = __atomic_load_n (p, __ATOMIC_RELAXED), new;
-
-  do {
-    new = (old & ~mask) | ((uint64_t) (v & 3) << shift);
-    if (new == old)
-      break;
-  } while (!__atomic_compare_exchange_n (p, &old, new, true,
-                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
-  return (old >> shift) & 3;
+  return bstate_word_set (&bs->words[blk >> 5], blk, v);
 }
 
 bool

@@ -36,6 +36,26 @@ bstate_get (const struct bstate *bs, uint64_t blk)
   return (w >> ((blk & 31) * 2)) & 3;
 }
 
+/* Set the 2-bit state of block blk (only its low 5 bits count) in the
+ * word at p to v, atomically; the previous state.  Shared by the dense
+ * maps here and the sparse ones of the snapshot filter.
+ */
+static inline unsigned
+bstate_word_set (uint64_t *p, uint64_t blk, unsigned v)
+{
+  unsigned shift = (blk & 31) * 2;
+  uint64_t mask = UINT64_C (3) << shift;
+  uint64_t old = __atomic_load_n (p, __ATOMIC_RELAXED), new;
+
+  do {
+    new = (old & ~mask) | ((uint64_t) (v & 3) << shift);
+    if (new == old)
+      break;
+  } while (!__atomic_compare_exchange_n (p, &old, new, true,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+  return (old >> shift) & 3;
+}
+
 /* Set the state of block blk, returning the previous state (atomic). */
 unsigned bstate_set (struct bstate *bs, uint64_t blk, unsigned v)
   __attribute__ ((nonnull (1)));

@@ -147,9 +147,7 @@ smap_leaf_make (struct smap *m, size_t i)
 unsigned
 smap_set (struct smap *m, uint64_t b, unsigned v)
 {
-  uint64_t *lf = smap_leaf (m, b >> LEAF_SHIFT), *p;
-  unsigned shift = (b & 31) * 2;
-  uint64_t mask = UINT64_C (3) << shift, old, new;
+  uint64_t *lf = smap_leaf (m, b >> LEAF_SHIFT);
 
   if (lf == NULL) {
     if (v == BSTATE_ABSENT)
@@ -158,15 +156,7 @@ smap_set (struct smap *m, uint64_t b, unsigned v)
     if (lf == NULL)
       out_of_memory ("a layer map");
   }
-  p = &lf[(b & (LEAF_BLOCKS - 1)) >> 5];
-  old = __atomic_load_n (p, __ATOMIC_RELAXED);
-  do {
-    new = (old & ~mask) | ((uint64_t) (v & 3) << shift);
-    if (new == old)
-      break;
-  } while (!__atomic_compare_exchange_n (p, &old, new, true,
-                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
-  return (old >> shift) & 3;
+  return bstate_word_set (&lf[(b & (LEAF_BLOCKS - 1)) >> 5], b, v);
 }
 
 uint64_t
