@@ -59,17 +59,11 @@ BS = 4096
 now = time.monotonic
 
 
-class Failure(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
+Failure, check = st.Failure, st.check
 
 
 def pattern(tag):
-    return struct.pack("<Q", tag) * (BS // 8) if tag else bytes(BS)
+    return st.pattern(tag, BS)
 
 
 def tag_of(data):

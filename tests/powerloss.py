@@ -56,17 +56,11 @@ CREATE, WRITE, TRUNC, ZERO, RENAME, UNLINK, RMDIR, MKDIR, SYNC = range(1, 10)
 HDR = struct.Struct("<IIQQQIIQ")
 
 
-class Failure(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
+Failure, check = st.Failure, st.check
 
 
 def pattern(tag):
-    return struct.pack("<Q", tag) * (BS // 8) if tag else bytes(BS)
+    return st.pattern(tag, BS)
 
 
 def tags_of(data):

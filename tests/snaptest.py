@@ -184,3 +184,21 @@ class Server:
                 return "".join(f.readlines()[-n:])
         except OSError:
             return ""
+
+
+# --- shared by crashloop.py and powerloss.py (4 KiB tagged blocks) ---
+
+class Failure(Exception):
+    """A broken promise found by a harness."""
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+def pattern(tag, bs=4096):
+    """A block that is TAG as a little-endian u64 repeated (0: zeroes)."""
+    import struct
+    return struct.pack("<Q", tag) * (bs // 8) if tag else bytes(bs)
