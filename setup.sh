@@ -39,6 +39,8 @@ packages=(
     gnutls-bin iproute2 python3-yaml systemd debhelper dpkg-dev
     # ^ TLS keys (certtool, psktool), network namespaces, the sidecar
     #   checks (yaml, systemd-analyze), the Debian package
+    gnuplot-nox
+    # ^ bench/plot.sh and bench/plot-scale.sh (docs/img/*.png)
 )
 
 missing=()
