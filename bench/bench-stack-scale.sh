@@ -40,7 +40,9 @@
 # Every qemu-img time includes starting a process (a few ms).
 #
 # Environment: BENCH_SNAPS=100 BENCH_CKPTS=30 BENCH_TMPDIR=/var/tmp
-# BENCH_QCOW2=1, SNAPSHOT_FILTER / CBT_FILTER / FREEZE_FILTER / NBDSNAP
+# BENCH_QCOW2=1, BENCH_PLUGIN=memory (null: nbdkit's null plugin, whose
+# extents are one call for the whole disk; the snapshot filter keeps every
+# write in its layers, so the disk is the same; rows "stack/null"), SNAPSHOT_FILTER / CBT_FILTER / FREEZE_FILTER / NBDSNAP
 # (default: built in this tree).  Sizes need free space in BENCH_TMPDIR
 # of about 4x the largest MIB (layer files, repository, qcow2, its copy).
 set -uo pipefail
@@ -53,6 +55,7 @@ NBDSNAP=${NBDSNAP:-$top/tools/nbdsnap}
 SNAPS=${BENCH_SNAPS:-100}
 CKPTS=${BENCH_CKPTS:-30}
 BASEDIR=${BENCH_TMPDIR:-/var/tmp}
+PLUGIN=${BENCH_PLUGIN:-memory}
 QCOW2=${BENCH_QCOW2:-1}
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH LC_ALL=C
 for f in "$SF" "$CF" "$FF" "$NBDSNAP"; do
@@ -62,7 +65,7 @@ done
 work=$(mktemp -d "$BASEDIR/bench-stack-scale.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-echo "# bench-stack-scale: freeze+cbt+snapshot over memory; snaps=$SNAPS" \
+echo "# bench-stack-scale: freeze+cbt+snapshot over $PLUGIN; snaps=$SNAPS" \
      "ckpts=$CKPTS; 1 MiB pieces spread evenly over the disk"
 echo "# $(date -u '+%F %T') UTC, $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg)," \
      "$(nbdkit --version | head -1), $(qemu-img --version | head -1)"
@@ -75,9 +78,9 @@ for sc in "$@"; do
     rm -rf "$work"/{snap,cbt,frz,repo,sock,*.qcow2}
     mkdir -p "$work/snap" "$work/cbt" "$work/frz"
     /usr/bin/python3 - "$SF" "$CF" "$FF" "$NBDSNAP" "$size" "$wmib" "$work" \
-        "$SNAPS" "$CKPTS" <<'PY' || echo "# $sc: stack run failed (log: see stderr)"
+        "$SNAPS" "$CKPTS" "$PLUGIN" <<'PY' || echo "# $sc: stack run failed (log: see stderr)"
 import os, sys, time, subprocess, statistics, json, nbd
-sf, cf, ff, nbdsnap, size, wmib, work, snaps, ckpts = sys.argv[1:10]
+sf, cf, ff, nbdsnap, size, wmib, work, snaps, ckpts, plugin = sys.argv[1:11]
 wmib, snaps, ckpts = int(wmib), int(snaps), int(ckpts)
 sock = os.path.join(work, "sock"); log = os.path.join(work, "log")
 sd, cd, fd = (os.path.join(work, x) for x in ("snap", "cbt", "frz"))
@@ -85,7 +88,7 @@ def start():
     if os.path.exists(sock): os.unlink(sock)
     t0 = time.monotonic()
     p = subprocess.Popen(["nbdkit", "-f", "-U", sock, "--filter=" + ff,
-                          "--filter=" + cf, "--filter=" + sf, "memory", size,
+                          "--filter=" + cf, "--filter=" + sf, plugin, size,
                           "freeze-dir=" + fd, "cbt-dir=" + cd,
                           "snapshot-dir=" + sd], stderr=open(log, "a"))
     while True:
@@ -144,7 +147,7 @@ t_rev = cmd("@snapshot:revert/s%d" % (snaps // 2))
 stop(p)
 sm, cm = du(sd, True), du(cd)
 print("%-8s %-5s %5d %6.3f %6.3f %6.1f %6.1f %6.1f %6.1f %6.1f %6.1f %6.1f %7.1f %7.2f %7.2f %7.2f %7.2f %8.1f %5.1f" % (
-    "stack", size, wmib, t_start, t_fresh, r, statistics.median(sc), max(sc),
+    "stack" if plugin == "memory" else "stack/" + plugin, size, wmib, t_start, t_fresh, r, statistics.median(sc), max(sc),
     statistics.median(cc), max(cc), t_sl, t_cl, t_rev, sm, cm, sm + cm,
     t_b, du(repo), os.getloadavg()[0]), flush=True)
 PY

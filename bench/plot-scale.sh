@@ -6,7 +6,9 @@
 #   NAME-written.png  costs against the MiB written (the rows of virtual
 #                     size PLOT_SIZE, default 16T), log x axis
 # each with six panels, our full stack next to qcow2: creates, revert and
-# lists, start-up and RSS, metadata on disk, full backup time and size.
+# lists, start-up and RSS, metadata on disk, full backup time and size;
+# rows "stack/null" (BENCH_PLUGIN=null), if the file has them, are drawn
+# in the revert and backup panels.
 #
 #   bench/plot-scale.sh bench/results/2026-12-03-scale-stack.txt
 #   PLOT_DIR=/tmp bench/plot-scale.sh my-run.txt
@@ -40,24 +42,31 @@ split() {   # split AXIS: AXIS=vsize or written
         return u == "T" ? n * 1024 : u == "G" ? n : u == "M" ? n / 1024 : n
     }
     function ms(v) { return v == "-" ? "-" : v * 1000 }
-    ($1 == "stack" || $1 == "qcow2") && NF >= 18 {
+    ($1 == "stack" || $1 == "stack/null" || $1 == "qcow2") && NF >= 18 {
         if (axis == "vsize" && $3 != wmib) next
         if (axis == "written" && $2 != size) next
         k = $1 " " $2 " " $3
         if (k in seen) next
         seen[k] = 1
         x = axis == "vsize" ? gib($2) : $3
+        w = $1; sub("/", "-", w)
         print x, ms($4), ms($5), $6, $7, $8, $9, $10, $11, $12, $13, \
-              $14, $15, $16, $17, $18 > (dir "/" axis "-" $1 ".dat")
+              $14, $15, $16, $17, $18 > (dir "/" axis "-" w ".dat")
     }' "$f"
-    for w in stack qcow2; do
+    for w in stack stack-null qcow2; do
         [ -s "$tmp/$1-$w.dat" ] || : > "$tmp/$1-$w.dat"
         sort -n -o "$tmp/$1-$w.dat" "$tmp/$1-$w.dat"
     done
 }
 
 plot() {    # plot AXIS XLABEL XTICS TITLE
-    local s=$tmp/$1-stack.dat q=$tmp/$1-qcow2.dat
+    local s=$tmp/$1-stack.dat q=$tmp/$1-qcow2.dat n=$tmp/$1-stack-null.dat
+    # The null-plugin rows (if any) only where they differ: revert, backup.
+    local nrev= nbkp=
+    if [ -s "$n" ]; then
+        nrev=", \"$n\" u 1:11 t \"@snapshot:revert (null plugin)\" lw 2 pt 13"
+        nbkp=", \"$n\" u 1:15 t \"nbdsnap backup (null plugin)\" lw 2 pt 13"
+    fi
     [ -s "$s" ] || { echo "plot-scale.sh: $f: no stack rows for $1" >&2; return 0; }
     gnuplot <<GP
 set terminal pngcairo size 1200,720 font "sans,9"
@@ -81,7 +90,7 @@ plot "$s" u 1:11 t "@snapshot:revert" lw 2 pt 7, \
      "$s" u 1:10 t "@cbt:list" lw 2 pt 9, \
      "$q" u 1:11 t "qemu-img snapshot -a" dt 2 pt 6, \
      "$q" u 1:9 t "qemu-img snapshot -l" dt 2 pt 4, \
-     "$q" u 1:10 t "qemu-img info" dt 2 pt 8
+     "$q" u 1:10 t "qemu-img info" dt 2 pt 8 $nrev
 set title "start-up to first read (ms), RSS (MiB): ours only"
 plot "$s" u 1:2 t "start-up, all state (ms)" lw 2 pt 7, \
      "$s" u 1:3 t "start-up, empty (ms)" lw 2 pt 5, \
@@ -92,7 +101,7 @@ plot "$s" u 1:14 t "snapshot-dir w/o data + cbt-dir" lw 2 pt 7, \
      "$q" u 1:14 t "qcow2 du minus data" dt 2 pt 6
 set title "full backup (s)"
 plot "$s" u 1:15 t "nbdsnap backup --full" lw 2 pt 7, \
-     "$q" u 1:15 t "qemu-img convert -O qcow2" dt 2 pt 6
+     "$q" u 1:15 t "qemu-img convert -O qcow2" dt 2 pt 6 $nbkp
 set title "full backup size on disk (MiB)"
 plot "$s" u 1:16 t "nbdsnap repository" lw 2 pt 7, \
      "$q" u 1:16 t "converted qcow2" dt 2 pt 6
