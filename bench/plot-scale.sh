@@ -69,7 +69,7 @@ plot() {    # plot AXIS XLABEL XTICS TITLE
     fi
     [ -s "$s" ] || { echo "plot-scale.sh: $f: no stack rows for $1" >&2; return 0; }
     gnuplot <<GP
-set terminal pngcairo size 1200,720 font "sans,9"
+set terminal pngcairo noenhanced size 1200,720 font "sans,9"
 set output "$out/$name-$1.png"
 set datafile missing "-"
 set multiplot layout 2,3 title "$4 (bench-stack-scale.sh, $name)"
