@@ -1,5 +1,5 @@
 #!/bin/bash
-# bench/plot-scale.sh RESULT.txt : two PNGs from the saved output of
+# bench/plot-scale.sh RESULT.txt [MORE.txt...] : two PNGs from the saved output of
 # bench/bench-stack-scale.sh (as in bench/results/):
 #   NAME-vsize.png    costs against the virtual size (the rows written
 #                     with PLOT_WMIB MiB, default 1024), log x axis
@@ -10,7 +10,9 @@
 # rows "stack/null" (BENCH_PLUGIN=null), if the file has them, are drawn
 # in the revert and backup panels.
 #
-#   bench/plot-scale.sh bench/results/2026-12-03-scale-stack.txt
+#   bench/plot-scale.sh bench/results/2026-12-03-scale-stack.txt \
+#                       bench/results/2026-12-03-scale-stack-null.txt
+# (the PNGs are named after the first file; rows are taken from all).
 #   PLOT_DIR=/tmp bench/plot-scale.sh my-run.txt
 #
 # Needs gnuplot (Debian: gnuplot-nox). Every y axis is logarithmic: the
@@ -23,7 +25,7 @@ WMIB=${PLOT_WMIB:-1024}
 SIZE=${PLOT_SIZE:-16T}
 command -v gnuplot >/dev/null ||
     { echo "plot-scale.sh: gnuplot not found (apt-get install gnuplot-nox)" >&2; exit 1; }
-[ $# -eq 1 ] || { echo "usage: $0 RESULT.txt" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 RESULT.txt [MORE.txt...]" >&2; exit 2; }
 f=$1
 name=$(basename "$f" .txt)
 mkdir -p "$out"
@@ -34,9 +36,10 @@ trap 'rm -rf "$tmp"' EXIT
 # revert smeta cbt meta bkp_s bkp_MiB load.  Written out as: x, then
 # start(ms) fresh(ms) rss snap smax ckpt cmax slist clist revert smeta cbt
 # meta bkp_s bkp_MiB  (columns 2..16), "-" kept (gnuplot: missing).
-# The first run of a (what, size, wMiB) in the file is used.
-split() {   # split AXIS: AXIS=vsize or written
-    awk -v axis="$1" -v wmib="$WMIB" -v size="$SIZE" -v dir="$tmp" '
+# The first row of a (what, size, wMiB) in the files is used.
+split() {   # split AXIS FILE...: AXIS=vsize or written
+    local axis=$1; shift
+    awk -v axis="$axis" -v wmib="$WMIB" -v size="$SIZE" -v dir="$tmp" '
     function gib(s,  n, u) {
         n = s + 0; u = substr(s, length(s))
         return u == "T" ? n * 1024 : u == "G" ? n : u == "M" ? n / 1024 : n
@@ -52,10 +55,10 @@ split() {   # split AXIS: AXIS=vsize or written
         w = $1; sub("/", "-", w)
         print x, ms($4), ms($5), $6, $7, $8, $9, $10, $11, $12, $13, \
               $14, $15, $16, $17, $18 > (dir "/" axis "-" w ".dat")
-    }' "$f"
+    }' "$@"
     for w in stack stack-null qcow2; do
-        [ -s "$tmp/$1-$w.dat" ] || : > "$tmp/$1-$w.dat"
-        sort -n -o "$tmp/$1-$w.dat" "$tmp/$1-$w.dat"
+        [ -s "$tmp/$axis-$w.dat" ] || : > "$tmp/$axis-$w.dat"
+        sort -n -o "$tmp/$axis-$w.dat" "$tmp/$axis-$w.dat"
     done
 }
 
@@ -67,7 +70,7 @@ plot() {    # plot AXIS XLABEL XTICS TITLE
         nrev=", \"$n\" u 1:11 t \"@snapshot:revert (null plugin)\" lw 2 pt 13"
         nbkp=", \"$n\" u 1:15 t \"nbdsnap backup (null plugin)\" lw 2 pt 13"
     fi
-    [ -s "$s" ] || { echo "plot-scale.sh: $f: no stack rows for $1" >&2; return 0; }
+    [ -s "$s" ] || { echo "plot-scale.sh: $*: no stack rows for $1" >&2; return 0; }
     gnuplot <<GP
 set terminal pngcairo noenhanced size 1200,720 font "sans,9"
 set output "$out/$name-$1.png"
@@ -110,8 +113,8 @@ GP
     echo "plot-scale.sh: $out/$name-$1.png"
 }
 
-split vsize
-split written
+split vsize "$@"
+split written "$@"
 plot vsize "virtual size (GiB)" '"1G" 1, "64G" 64, "1T" 1024, "16T" 16384' \
     "full stack vs qcow2 against virtual size, $WMIB MiB written"
 plot written "MiB written" '64, 256, 1024, 4096' \
