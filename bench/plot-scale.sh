@@ -72,7 +72,7 @@ plot() {    # plot AXIS XLABEL XTICS TITLE
     fi
     [ -s "$s" ] || { echo "plot-scale.sh: $*: no stack rows for $1" >&2; return 0; }
     gnuplot <<GP
-set terminal pngcairo noenhanced size 1200,720 font "sans,9"
+set terminal pngcairo noenhanced size 1200,900 font "sans,9"
 set output "$out/$name-$1.png"
 set datafile missing "-"
 set multiplot layout 2,3 title "$4 (bench-stack-scale.sh, $name)"
@@ -80,7 +80,7 @@ set logscale xy
 set xlabel "$2"
 set xtics ($3)
 set grid
-set key top left font ",8"
+set key below font ",8"
 set style data linespoints
 set title "create: median round trip (ms)"
 plot "$s" u 1:6 t "@snapshot:create" lw 2 pt 7, \
