@@ -39,6 +39,11 @@
 # `qemu-img convert -O qcow2` of the image (its time and output du).
 # Every qemu-img time includes starting a process (a few ms).
 #
+# A default run took 23 min on the shared 2-vCPU machine (2026-12-03):
+# four 16T reverts of ~1 min (docs/benchmarks.md says why) and the 16T
+# qcow2 rows (a qemu-img snapshot -c takes 0.4-2 s there) are most of it;
+# BENCH_QCOW2=0 or a few SIZE:MIB for a shorter one.
+#
 # Environment: BENCH_SNAPS=100 BENCH_CKPTS=30 BENCH_TMPDIR=/var/tmp
 # BENCH_QCOW2=1, BENCH_PLUGIN=memory (null: nbdkit's null plugin, whose
 # extents are one call for the whole disk; the snapshot filter keeps every
@@ -69,7 +74,7 @@ echo "# bench-stack-scale: freeze+cbt+snapshot over $PLUGIN; snaps=$SNAPS" \
      "ckpts=$CKPTS; 1 MiB pieces spread evenly over the disk"
 echo "# $(date -u '+%F %T') UTC, $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg)," \
      "$(nbdkit --version | head -1), $(qemu-img --version | head -1)"
-printf '%-8s %-5s %5s %6s %6s %6s %6s %6s %6s %6s %6s %6s %7s %7s %7s %7s %7s %8s %5s\n' \
+printf '%-10s %-5s %5s %6s %6s %6s %6s %6s %6s %6s %6s %6s %7s %7s %7s %7s %7s %8s %5s\n' \
     what size wMiB start fresh rss snap smax ckpt cmax slist clist revert \
     smeta cbt meta bkp_s bkp_MiB load
 
@@ -146,7 +151,7 @@ if b.returncode: sys.exit("nbdsnap backup: " + b.stderr.decode()[-500:])
 t_rev = cmd("@snapshot:revert/s%d" % (snaps // 2))
 stop(p)
 sm, cm = du(sd, True), du(cd)
-print("%-8s %-5s %5d %6.3f %6.3f %6.1f %6.1f %6.1f %6.1f %6.1f %6.1f %6.1f %7.1f %7.2f %7.2f %7.2f %7.2f %8.1f %5.1f" % (
+print("%-10s %-5s %5d %6.3f %6.3f %6.1f %6.1f %6.1f %6.1f %6.1f %6.1f %6.1f %7.1f %7.2f %7.2f %7.2f %7.2f %8.1f %5.1f" % (
     "stack" if plugin == "memory" else "stack/" + plugin, size, wmib, t_start, t_fresh, r, statistics.median(sc), max(sc),
     statistics.median(cc), max(cc), t_sl, t_cl, t_rev, sm, cm, sm + cm,
     t_b, du(repo), os.getloadavg()[0]), flush=True)
@@ -183,7 +188,7 @@ bk = du(out); os.unlink(out)
 for i in range(len(cc)): run("qemu-img", "bitmap", "--remove", img, "c%d" % i)
 t_rev = run("qemu-img", "snapshot", "-a", "s%d" % (snaps // 2), img)
 dk = du(img) - wmib
-print("%-8s %-5s %5d %6s %6s %6s %6.1f %6.1f %6.1f %6.1f %6.1f %6.1f %7.1f %7s %7s %7.2f %7.2f %8.1f %5.1f" % (
+print("%-10s %-5s %5d %6s %6s %6s %6.1f %6.1f %6.1f %6.1f %6.1f %6.1f %7.1f %7s %7s %7.2f %7.2f %8.1f %5.1f" % (
     "qcow2", size, wmib, "-", "-", "-", statistics.median(sc), max(sc),
     statistics.median(cc), max(cc), t_sl, t_cl, t_rev, "-", "-", dk, t_b, bk,
     os.getloadavg()[0]), flush=True)
