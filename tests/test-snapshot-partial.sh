@@ -13,7 +13,10 @@
 #     of partial into partial, into the active layer), a block filled
 #     sector by sector, a kill -9 and restart: every image compared with
 #     a model, byte for byte, and the maps on disk hold the partial
-#     blocks (format 4).
+#     blocks (format 4);
+#  5. a directory of format 3 maps (before partial blocks) is read as it
+#     is, and the active layer's map is written as format 4 at the next
+#     flush.
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
@@ -195,4 +198,45 @@ wait_merged srv
 run_model merged2 || fail "merge of s2"
 restart_server srv kill9
 run_model restarted || fail "after kill -9"
+
+# 5. Format 3 maps: convert the maps of a stopped server (no partial
+# block in them) to format 3, start again, compare, write, check.
+d3=$tmpdir/v3
+start_server v3 --filter="$F" file "$base" snapshot-dir="$d3"
+nbd_op v3 "" "h.pwrite(b'3' * 131072, 65536); h.flush()"
+snap_ok v3 @snapshot:create/a >/dev/null
+nbd_op v3 "" "h.pwrite(b'4' * 65536, 0); h.zero(5 * 65536, 65536); h.flush()"
+dump v3 "" "$tmpdir/v3-live"
+dump v3 @snapshot/a "$tmpdir/v3-a"
+stop_server v3
+for m in "$d3"/layer-*.map; do
+    $PYTHON - "$m" <<'EOF' || fail "converting $m to format 3"
+import sys, struct, hashlib
+f = sys.argv[1]
+b = bytearray(open(f, "rb").read())
+assert struct.unpack_from("<I", b, 8)[0] == 4
+e = struct.unpack_from("<Q", b, 80)[0]
+assert struct.unpack_from("<Q", b, 88 + e * 1032)[0] == 0, "partial blocks"
+out = b[:80] + b[88:88 + e * 1032]
+out[8:12] = struct.pack("<I", 3)
+out[40:48] = struct.pack("<Q", len(out) - 80)
+out[48:80] = bytes(32)
+out[48:80] = hashlib.sha256(out).digest()
+open(f, "wb").write(out)
+EOF
+done
+mapver () { $PYTHON -c 'import sys, struct; print(struct.unpack_from("<I", open(sys.argv[1], "rb").read(), 8)[0])' "$1"; }
+active=$(awk '$1 == "layer" && $5 == "active" { print $2 }' "$d3/state")
+frozen=$(awk '$1 == "layer" && $5 == "frozen" && $6 == "a" { print $2 }' "$d3/state")
+[ "$(mapver "$d3/layer-$active.map")" = 3 ] || fail "the conversion did not happen"
+start_server v3 --filter="$F" file "$base" snapshot-dir="$d3"
+dump v3 "" "$tmpdir/v3-live2"
+dump v3 @snapshot/a "$tmpdir/v3-a2"
+cmp "$tmpdir/v3-live" "$tmpdir/v3-live2" || fail "format 3: the live disk changed"
+cmp "$tmpdir/v3-a" "$tmpdir/v3-a2" || fail "format 3: snapshot a changed"
+nbd_op v3 "" "h.pwrite(b'5' * 4096, 8 * 65536 + 4096); h.flush()"
+stop_server v3
+echo "format 3: active layer $active, snapshot a layer $frozen"
+[ "$(mapver "$d3/layer-$active.map")" = 4 ] || fail "the active map was not rewritten as format 4"
+[ "$(mapver "$d3/layer-$frozen.map")" = 3 ] || fail "the snapshot's map was rewritten"
 echo "partial: ok"

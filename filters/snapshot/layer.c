@@ -155,11 +155,11 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
   if (len >= 12 && memcmp (buf, MAP_MAGIC, 8) == 0 &&
       get_le32 (p + 8) == MAP_OLD_VERSION) {
     snprintf (why, whylen, "%s: old layer map format %d (dense, written by "
-              "nbdsnap before 2026-12); this nbdsnap reads format %d only. "
-              "Copy out the snapshots you need with the nbdsnap that wrote "
-              "this snapshot-dir, then start on an empty one (see "
-              "docs/snapshot-format.md, \"Versions\")", name,
-              MAP_OLD_VERSION, MAP_VERSION);
+              "nbdsnap before 2026-12); this nbdsnap reads formats 3 and "
+              "4 only. Copy out the snapshots you need with the nbdsnap "
+              "that wrote this snapshot-dir, then start on an empty one "
+              "(see docs/snapshot-format.md, \"Versions\")", name,
+              MAP_OLD_VERSION);
     goto err;
   }
   version = len >= 12 && get_le32 (p + 8) == MAP_V3 ? MAP_V3 : MAP_VERSION;
@@ -184,7 +184,8 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
   }
   if (!ok) {
     snprintf (why, whylen, "%s: truncated or wrong length (%zu bytes, "
-              "not a whole number of leaves)", name, len);
+              "not what its counts of leaves and partial blocks make)",
+              name, len);
     goto err;
   }
   if (h.block_size != g->block_size || h.id != l->id ||
