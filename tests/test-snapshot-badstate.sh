@@ -132,29 +132,27 @@ fresh; restate 'L[:] = [l.replace(" frozen s2", " frozen s1") for l in L]'; refu
 fresh; restate 'L[:] = [l.replace(" frozen s2", " frozen a..b") for l in L]'; refused 'name|a\.\.b'
 m1=$(echo "$maps" | head -1)
 fresh; remap "$d/$m1" 'b[8:12] = struct.pack("<I", 2)';              refused 'version'
-fresh; remap "$d/$m1" 'b[80] |= 3';                                  refused 'map|layer|length|corrupt'
+fresh; remap "$d/$m1" 'b[80] |= 3';                                  refused 'map|layer|leaf|corrupt'
 # Partial blocks (format 4): the first map has one (200000 bytes written
-# at 0 end in sector 0 of block 3).  A state 3 without its record, a
-# record whose block is not partial, a mask that is empty, full or past
-# the block; records out of order.
-P="88 + struct.unpack_from('<Q', b, 80)[0] * 1032"
+# at 0 end in sector 0 of block 3): its leaf entry is flagged (bit 63 of
+# the index) and followed by 4096 u16 masks, at 1112.  A state 3 with
+# mask 0, masks without the flag, a mask of a block that is not partial,
+# an empty or full mask, the flag without a partial block, cut short.
 fresh
-$PYTHON - "$d/$m1" <<'EOF' || fail "the first map has no partial record as expected"
+$PYTHON - "$d/$m1" <<'EOF' || fail "the first map has no partial block as expected"
 import sys, struct
 b = open(sys.argv[1], "rb").read()
-e = struct.unpack_from("<Q", b, 80)[0]
-assert struct.unpack_from("<Q", b, 88 + e * 1032)[0] == 1
-assert struct.unpack_from("<QQ", b, 96 + e * 1032) == (3, 1)
+assert struct.unpack_from("<Q", b, 80)[0] == 1 << 63, "flag"
+assert struct.unpack_from("<4H", b, 1112) == (0, 0, 0, 1), "masks"
 EOF
-fresh; remap "$d/$m1" 'b[96] |= 3';                                  refused 'partial blocks but 1 sector mask.*corrupt'
-fresh; remap "$d/$m1" "p = $P; b[p+8:p+16] = struct.pack('<Q', 1)";  refused 'block 1 that is not partial'
-fresh; remap "$d/$m1" "p = $P; b[p+16:p+24] = struct.pack('<Q', 0)"; refused 'invalid sector mask 0 '
-fresh; remap "$d/$m1" "p = $P; b[p+16:p+24] = struct.pack('<Q', 0xffff)"; refused 'invalid sector mask 0xffff'
-fresh; remap "$d/$m1" "p = $P; b[p+16:p+24] = struct.pack('<Q', 0x10001)"; refused 'invalid sector mask 0x10001'
-fresh; remap "$d/$m1" "p = $P; b[p:p+8] = struct.pack('<Q', 2)";     refused 'wrong length'
-fresh; remap "$d/$m1" "b[96] |= 3; p = $P; b[p:p+8] = struct.pack('<Q', 2); b[40:48] = struct.pack('<Q', len(b) + 16 - 80); b += struct.pack('<QQ', 0, 1)"
-                                                                     refused 'block 0 that is not partial'
-fresh; remap "$d/$m1" "p = $P; b[p:p+8] = struct.pack('<Q', 5)";     refused 'wrong length|corrupt'
+fresh; remap "$d/$m1" 'b[88] |= 3';                                  refused 'invalid sector mask 0 of block 0'
+fresh; remap "$d/$m1" 'b[87] &= 0x7f';                               refused 'partial blocks but no sector masks'
+fresh; remap "$d/$m1" 'b[1112] = 1';                                 refused 'sector mask of block 0 that is not partial'
+fresh; remap "$d/$m1" 'b[1118] = 0';                                 refused 'invalid sector mask 0 of block 3'
+fresh; remap "$d/$m1" 'b[1118:1120] = b"\xff\xff"';                  refused 'invalid sector mask 0xffff of block 3'
+fresh; remap "$d/$m1" 'b[88] &= 0x7f';                               refused 'sector masks but no partial block'
+fresh; remap "$d/$m1" 'del b[-100:]; b[40:48] = struct.pack("<Q", len(b) - 80)'
+                                                                     refused 'truncated or wrong length'
 fresh; remap "$d/$m1" 'b[16:24] = struct.pack("<Q", 77)';            refused 'map|layer|another'
 
 # Layer maps and data files.

@@ -75,13 +75,26 @@ def write(h, m, off, data):
     m["live"][off:off + len(data)] = data
 
 def partials(layer_map):
-    # number of partial records in a format 4 map file
+    # number of partial blocks in a format 4 map file (entries from 80:
+    # leaf index with bit 63 set if 4096 u16 sector masks follow)
     b = open(layer_map, "rb").read()
     assert b[:8] == b"NBDSNAPM", layer_map
     ver = struct.unpack_from("<I", b, 8)[0]
     assert ver == 4, "%s: map version %d, want 4" % (layer_map, ver)
-    n = struct.unpack_from("<Q", b, 80)[0]
-    return struct.unpack_from("<Q", b, 88 + n * (8 + 128 * 8))[0]
+    off, n = 80, 0
+    while off < len(b):
+        raw = struct.unpack_from("<Q", b, off)[0]
+        words = struct.unpack_from("<128Q", b, off + 8)
+        part = sum(bin(w & (w >> 1) & 0x5555555555555555).count("1")
+                   for w in words)
+        has = raw >> 63
+        assert bool(part) == bool(has), "%s: masks flag wrong" % layer_map
+        if has:
+            masks = struct.unpack_from("<4096H", b, off + 1032)
+            assert sum(1 for m in masks if m) == part, layer_map
+        n += part
+        off += 1032 + (8192 if has else 0)
+    return n
 
 m = load()
 nblocks = len(m["live"]) // BS
@@ -215,11 +228,12 @@ import sys, struct, hashlib
 f = sys.argv[1]
 b = bytearray(open(f, "rb").read())
 assert struct.unpack_from("<I", b, 8)[0] == 4
-e = struct.unpack_from("<Q", b, 80)[0]
-assert struct.unpack_from("<Q", b, 88 + e * 1032)[0] == 0, "partial blocks"
-out = b[:80] + b[88:88 + e * 1032]
+off = 80
+while off < len(b):
+    assert not struct.unpack_from("<Q", b, off)[0] >> 63, "partial blocks"
+    off += 1032
+out = bytearray(b)
 out[8:12] = struct.pack("<I", 3)
-out[40:48] = struct.pack("<Q", len(out) - 80)
 out[48:80] = bytes(32)
 out[48:80] = hashlib.sha256(out).digest()
 open(f, "wb").write(out)

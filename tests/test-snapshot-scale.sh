@@ -86,8 +86,7 @@ b = open(f, "rb").read()
 nblocks = struct.unpack_from("<Q", b, 24)[0]
 nwords = (nblocks + 31) // 32
 words = bytearray(8 * nwords)
-e = struct.unpack_from("<Q", b, 80)[0]
-for off in range(88, 88 + e * 1032, 1032):
+for off in range(80, len(b), 1032):  # no partial block: no masks
     leaf = struct.unpack_from("<Q", b, off)[0]
     words[leaf * 1024:(leaf + 1) * 1024] = b[off + 8:off + 1032]
 h = bytearray(b[:80])

@@ -93,6 +93,43 @@ store_pread (struct view *v, nbdkit_next *next, void *buf,
   return r;
 }
 
+/* Lock (or unlock) the stripes of blocks [b0, b0+nb), in increasing
+ * stripe order: the only order in which anyone holds more than one.
+ */
+static void
+stripes_range (uint64_t b0, uint64_t nb, bool lock)
+{
+  const unsigned first = b0 % NSTRIPES;
+  const unsigned n = nb < NSTRIPES ? nb : NSTRIPES;
+  const unsigned wrap = first + n > NSTRIPES ? first + n - NSTRIPES : 0;
+  unsigned i;
+
+  /* [0, wrap) then [first, first + n - wrap). */
+  for (i = 0; i < n; ++i) {
+    unsigned k = i < wrap ? i : first + (i - wrap);
+    if (lock)
+      pthread_mutex_lock (&S.stripes.m[k]);
+    else
+      pthread_mutex_unlock (&S.stripes.m[k]);
+  }
+}
+
+/* Does the active layer hold every block of [b0, b0+nb) whole (data or
+ * zero)?  Such a state never goes back to absent or partial.
+ */
+static bool
+all_whole (struct layer *a, uint64_t b0, uint64_t nb)
+{
+  uint64_t b;
+
+  for (b = b0; b < b0 + nb; ++b) {
+    unsigned st = smap_get (&a->st, b);
+    if (st != BSTATE_DATA && st != BSTATE_ZERO)
+      return false;
+  }
+  return true;
+}
+
 /* Write (buf) or zero (buf == NULL) whole blocks [b0, b0+nb). */
 static int
 write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
@@ -102,6 +139,8 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
   uint64_t len = min64 (nb << S.g.shift, S.g.disk_size - off);
   unsigned v = buf ? BSTATE_DATA : BSTATE_ZERO;
   uint64_t b;
+  bool locked;
+  int r = 0;
 
   if (leaves_ready (a, b0, nb) == -1) {
     *err = ENOMEM;
@@ -126,32 +165,46 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
       }
       mark (a, b, v);
     }
+    layer_touch (a);
+    return 0;
   }
-  else {
-    if (buf) {
-      if (pwrite_full (a->fd, buf, len, off) == -1) {
-        *err = errno;
-        nbdkit_error ("snapshot: write: %m");
-        return -1;
-      }
-    }
-    else if (fallocate (a->fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE,
-                        off, len) == -1 &&
-             errno != EOPNOTSUPP && errno != ENOSYS) {
-      /* Giving the space back is all the punch is for (the state says
-       * "zero" whatever is there), but a file system that fails it may
-       * fail more: this request fails, the states are unchanged.
-       */
+
+  /* A block the active layer does not hold whole may have a write of
+   * some of its sectors under way (partial.c), which reads, patches and
+   * writes back sectors: the block must not turn into data, and take
+   * in-place writes, before it is done.  So the states of such blocks
+   * change under their stripe locks only.
+   */
+  locked = !all_whole (a, b0, nb);
+  if (locked)
+    stripes_range (b0, nb, true);
+  if (buf) {
+    if (pwrite_full (a->fd, buf, len, off) == -1) {
       *err = errno;
-      nbdkit_error ("snapshot: zero: punching a hole in layer %" PRIu64
-                    ": %m", a->id);
-      return -1;
+      nbdkit_error ("snapshot: write: %m");
+      r = -1;
     }
+  }
+  else if (fallocate (a->fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE,
+                      off, len) == -1 &&
+           errno != EOPNOTSUPP && errno != ENOSYS) {
+    /* Giving the space back is all the punch is for (the state says
+     * "zero" whatever is there), but a file system that fails it may
+     * fail more: this request fails, the states are unchanged.
+     */
+    *err = errno;
+    nbdkit_error ("snapshot: zero: punching a hole in layer %" PRIu64
+                  ": %m", a->id);
+    r = -1;
+  }
+  if (r == 0) {
     for (b = b0; b < b0 + nb; ++b)
       mark (a, b, v);
+    layer_touch (a);
   }
-  layer_touch (a);
-  return 0;
+  if (locked)
+    stripes_range (b0, nb, false);
+  return r;
 }
 
 /* Read-modify-write part of block b: n bytes at boff from src (or zero),

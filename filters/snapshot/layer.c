@@ -11,24 +11,14 @@
 #include "binhdr.h"
 #include "fileio.h"
 #include "layer.h"
+#include "mapfile.h"
 #include "statefile.h"
 
-/* Map file (docs/snapshot-format.md section 6): the binhdr header,
- * then the number of leaf entries (u64), one entry per leaf that holds a
- * block, in increasing leaf order: the leaf index (u64), then the leaf's
- * LEAF_WORDS 2-bit state words (u64 each, LE); then the number of
- * partial blocks (u64) and for each, in increasing block order, the
- * block (u64) and its sector mask (u64).  Version 3 was the leaf
- * entries alone (no partial blocks): still read.  Version 1 was a dense
- * array of every word of the disk; 2 was never written.
- */
+/* Map file: the binhdr header, then the entries (mapfile.c). */
 #define MAP_MAGIC "NBDSNAPM"
 #define MAP_VERSION 4
 #define MAP_V3 3
 #define MAP_OLD_VERSION 1
-#define MAP_ENTRY (8 + LEAF_WORDS * 8)
-#define MAP_PARTIAL 16
-#define PAIRS UINT64_C (0x5555555555555555)
 
 /* The name of layer id's data file. */
 void
@@ -87,51 +77,6 @@ layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
   return l;
 }
 
-/* Load the np partial records at e into l->pmask: each names a block
- * whose state is PARTIAL, once, in increasing order, with a mask of
- * sectors of the block that is neither empty nor full; npartial blocks
- * are PARTIAL in the states.  -1 with why.
- */
-static int
-load_partial (struct layer *l, const struct geom *g, const uint8_t *e,
-              uint64_t np, uint64_t npartial, const char *name, char *why,
-              size_t whylen)
-{
-  uint64_t i, prev = 0;
-
-  if (np != npartial) {
-    snprintf (why, whylen, "%s: %" PRIu64 " partial blocks but %" PRIu64
-              " sector masks (file is corrupt)", name, npartial, np);
-    return -1;
-  }
-  for (i = 0; i < np; ++i, e += MAP_PARTIAL) {
-    uint64_t b = get_le64 (e), mask = get_le64 (e + 8), full;
-    uint64_t bl, ss = (uint64_t) g->block_size / 16;
-
-    if (b >= g->nblocks || (i > 0 && b <= prev) ||
-        smap_get (&l->st, b) != BSTATE_PARTIAL) {
-      snprintf (why, whylen, "%s: sector mask of block %" PRIu64 " that is "
-                "not partial (file is corrupt)", name, b);
-      return -1;
-    }
-    prev = b;
-    bl = b == g->nblocks - 1 ? g->disk_size - b * g->block_size
-      : g->block_size;
-    full = (UINT64_C (1) << ((bl + ss - 1) / ss)) - 1;
-    if (mask == 0 || mask == full || (mask & ~full)) {
-      snprintf (why, whylen, "%s: invalid sector mask %#" PRIx64 " of block "
-                "%" PRIu64 " (file is corrupt)", name, mask, b);
-      return -1;
-    }
-    if (omap_leaf_make (&l->pmask, b >> LEAF_SHIFT) == NULL) {
-      snprintf (why, whylen, "%s: out of memory", name);
-      return -1;
-    }
-    omap_set (&l->pmask, b, (uint16_t) mask);
-  }
-  return 0;
-}
-
 /* Load the map file into l->st, validating it against g. */
 int
 layer_load_map (int dirfd, struct layer *l, const struct geom *g,
@@ -139,12 +84,10 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
 {
   char name[64];
   char *buf = NULL;
-  size_t len, i, n, w;
-  uint64_t prev = 0, last_words, np, npartial = 0;
+  size_t len;
   uint32_t version;
   struct binhdr h;
-  const uint8_t *p, *body;
-  bool ok;
+  const uint8_t *p;
 
   layer_map_name (l->id, name, sizeof name);
   if (statefile_read (dirfd, name, &buf, &len) == -1) {
@@ -166,71 +109,14 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
   if (binhdr_check ((uint8_t *) buf, len, MAP_MAGIC, version, false, name,
                     "layer map", &h, NULL, why, whylen) == -1)
     goto err;
-  body = p + BINHDR_SIZE;
-  if (version == MAP_V3) {
-    n = h.payload_len / MAP_ENTRY;
-    np = 0;
-    ok = h.payload_len % MAP_ENTRY == 0;
-  }
-  else {
-    n = h.payload_len >= 16 ? get_le64 (body) : 0;
-    ok = h.payload_len >= 16 && n <= (h.payload_len - 16) / MAP_ENTRY;
-    if (ok) {
-      np = get_le64 (body + 8 + n * MAP_ENTRY);
-      ok = np <= (h.payload_len - 16 - n * MAP_ENTRY) / MAP_PARTIAL &&
-        h.payload_len == 16 + n * MAP_ENTRY + np * MAP_PARTIAL;
-    }
-    body += 8;
-  }
-  if (!ok) {
-    snprintf (why, whylen, "%s: truncated or wrong length (%zu bytes, "
-              "not what its counts of leaves and partial blocks make)",
-              name, len);
-    goto err;
-  }
   if (h.block_size != g->block_size || h.id != l->id ||
       h.nblocks != g->nblocks || h.disk_size != g->disk_size) {
     snprintf (why, whylen, "%s: belongs to another layer or disk geometry",
               name);
     goto err;
   }
-  /* Words of the last leaf that hold blocks (the others must be 0). */
-  last_words = ((g->nblocks - 1) & (LEAF_BLOCKS - 1)) / 32 + 1;
-  for (i = 0; i < n; ++i) {
-    const uint8_t *e = body + i * MAP_ENTRY;
-    uint64_t li = get_le64 (e), *lf;
-
-    if (li >= l->st.nleaves || (i > 0 && li <= prev)) {
-      snprintf (why, whylen, "%s: invalid leaf index %" PRIu64 " (file is "
-                "corrupt)", name, li);
-      goto err;
-    }
-    prev = li;
-    if ((lf = smap_leaf_make (&l->st, li)) == NULL) {
-      snprintf (why, whylen, "%s: out of memory", name);
-      goto err;
-    }
-    for (w = 0; w < LEAF_WORDS; ++w) {
-      uint64_t v = get_le64 (e + 8 + 8 * w);
-      bool last = li == l->st.nleaves - 1;
-      /* State 3 (partial) only from version 4; bits past the last block
-       * must be clear.
-       */
-      if ((version == MAP_V3 && (v & (v >> 1) & PAIRS)) ||
-          (last && w >= last_words && v) ||
-          (last && w == last_words - 1 && (g->nblocks & 31) &&
-           (v >> ((g->nblocks & 31) * 2)))) {
-        snprintf (why, whylen, "%s: invalid block state (file is corrupt)",
-                  name);
-        goto err;
-      }
-      lf[w] = v;
-      npartial += __builtin_popcountll (v & (v >> 1) & PAIRS);
-    }
-  }
-  if (load_partial (l, g, version == MAP_V3 ? NULL
-                    : body + n * MAP_ENTRY + 8, np, npartial, name,
-                    why, whylen) == -1)
+  if (map_decode (l, g, version, p + BINHDR_SIZE, h.payload_len, name,
+                  why, whylen) == -1)
     goto err;
   l->held = smap_count (&l->st);
   free (buf);
@@ -239,104 +125,6 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
  err:
   free (buf);
   return -1;
-}
-
-/* Build the map file of l (header left for the caller to fill) in a
- * new *buf of *len bytes, from the states as they are now: the leaves
- * that hold blocks, and the sector mask of each partial block (one
- * whose mask has filled up is written as DATA).  -1 and errno.
- */
-static int
-map_build (struct layer *l, const struct geom *g, uint8_t **buf,
-           size_t *len)
-{
-  size_t i, w, n = 0, k = 0, np = 0, room = 0;
-  uint8_t *ents, *ep, *out;
-  uint64_t *recs = NULL;
-
-  /* Room for every leaf present now; leaves that hold no block (or that
-   * appear after this count) are left out.
-   */
-  for (i = sparse_next (l->st.present, l->st.nleaves, 0); i < l->st.nleaves;
-       i = sparse_next (l->st.present, l->st.nleaves, i + 1))
-    n++;
-  ents = malloc (n * MAP_ENTRY + 1);
-  if (ents == NULL)
-    return -1;
-  ep = ents;
-  for (i = sparse_next (l->st.present, l->st.nleaves, 0);
-       i < l->st.nleaves && k < n;
-       i = sparse_next (l->st.present, l->st.nleaves, i + 1)) {
-    const uint64_t *lf = smap_leaf (&l->st, i);
-    uint64_t any = 0;
-
-    put_le64 (ep, i);
-    for (w = 0; w < LEAF_WORDS; ++w) {
-      uint64_t v = __atomic_load_n (&lf[w], __ATOMIC_ACQUIRE);
-      uint64_t part = v & (v >> 1) & PAIRS;
-
-      while (part) {
-        unsigned bit = __builtin_ctzll (part);
-        uint64_t b = ((uint64_t) i << LEAF_SHIFT) + w * 32 + bit / 2;
-        uint64_t bl = b == g->nblocks - 1
-          ? g->disk_size - b * g->block_size : g->block_size;
-        uint64_t ss = (uint64_t) g->block_size / 16;
-        uint64_t full = (UINT64_C (1) << ((bl + ss - 1) / ss)) - 1;
-        uint64_t mask = omap_get (&l->pmask, b) & full;
-
-        part &= part - 1;
-        if (mask == full) {     /* every sector is there: DATA */
-          v &= ~(UINT64_C (2) << bit);
-          continue;
-        }
-        if (mask == 0) {        /* cannot happen (partial.h) */
-          free (ents);
-          free (recs);
-          errno = EIO;
-          return -1;
-        }
-        if (np + 1 > room) {
-          uint64_t *nr = realloc (recs, (room = room * 2 + 64) * 16);
-          if (nr == NULL) {
-            free (ents);
-            free (recs);
-            errno = ENOMEM;
-            return -1;
-          }
-          recs = nr;
-        }
-        recs[2 * np] = b;
-        recs[2 * np + 1] = mask;
-        np++;
-      }
-      put_le64 (ep + 8 + 8 * w, v);
-      any |= v;
-    }
-    if (any) {
-      ep += MAP_ENTRY;
-      k++;
-    }
-  }
-  *len = BINHDR_SIZE + 8 + k * MAP_ENTRY + 8 + np * MAP_PARTIAL;
-  out = calloc (1, *len);
-  if (out == NULL) {
-    free (ents);
-    free (recs);
-    errno = ENOMEM;
-    return -1;
-  }
-  put_le64 (out + BINHDR_SIZE, k);
-  memcpy (out + BINHDR_SIZE + 8, ents, k * MAP_ENTRY);
-  ep = out + BINHDR_SIZE + 8 + k * MAP_ENTRY;
-  put_le64 (ep, np);
-  for (i = 0; i < np; ++i) {
-    put_le64 (ep + 8 + i * MAP_PARTIAL, recs[2 * i]);
-    put_le64 (ep + 16 + i * MAP_PARTIAL, recs[2 * i + 1]);
-  }
-  free (ents);
-  free (recs);
-  *buf = out;
-  return 0;
 }
 
 /* Make l durable (see layer.h): sync its data, then, if asked, write
@@ -371,7 +159,7 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
    * written before it was marked, so the fdatasync below covers them
    * (the same for the sectors of a partial block and its mask).
    */
-  if (map_build (l, g, &buf, &len) == -1) {
+  if (map_encode (l, g, &buf, &len) == -1) {
     snprintf (what, whatlen, "%s the map of %s", errno == ENOMEM ?
               "memory for" : "internal error building", name);
     return -1;
