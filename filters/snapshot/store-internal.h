@@ -13,7 +13,10 @@
  *    chain hold it (drain + exclude I/O) for their O(1) switch.
  *  - Stripe locks serialize the writes of sectors (or blocks) the active
  *    layer lacks, and all writes to the active layer while a merge
- *    copies into it.
+ *    copies into it.  A block's state leaves absent or partial only
+ *    under its stripe lock (a whole-block write over such blocks takes
+ *    the locks of its range, in stripe order: the only order in which
+ *    anyone holds more than one).
  *  - Frozen layers never change except by merge, which only fills blocks a
  *    layer lacks with the bytes it already showed through from its parent.
  *
