@@ -14,6 +14,7 @@
 #define BSTATE_ABSENT 0   /* block not held by this layer */
 #define BSTATE_DATA   1   /* block held, data in the layer's data file */
 #define BSTATE_ZERO   2   /* block held, reads as zeroes */
+#define BSTATE_PARTIAL 3  /* snapshot layers: some sectors held (partial.h) */
 
 struct bstate {
   uint64_t *words;        /* 32 states per word */

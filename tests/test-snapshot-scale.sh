@@ -86,7 +86,7 @@ b = open(f, "rb").read()
 nblocks = struct.unpack_from("<Q", b, 24)[0]
 nwords = (nblocks + 31) // 32
 words = bytearray(8 * nwords)
-for off in range(80, len(b), 1032):
+for off in range(80, len(b), 1032):  # no partial block: no masks
     leaf = struct.unpack_from("<Q", b, off)[0]
     words[leaf * 1024:(leaf + 1) * 1024] = b[off + 8:off + 1032]
 h = bytearray(b[:80])
@@ -99,7 +99,7 @@ open(f, "wb").write(out)
 PY
 sum=$(dirsum "$d")
 expect_start_fails "$tmpdir/old.out" \
-    "$m1: old layer map format 1 .*reads format 3 only.*Copy out the snapshots" \
+    "$m1: old layer map format 1 .*reads formats 3 and 4 only.*Copy out the snapshots" \
     --filter="$F" memory 64M snapshot-dir="$d"
 same_dir "$sum" "$d"
 grep -Ei -m1 'old layer map' "$tmpdir/old.out"

@@ -81,6 +81,7 @@ TESTS = \
 	tests/test-snapshot-exports.sh \
 	tests/test-snapshot-extents.sh \
 	tests/test-snapshot-faults.sh \
+	tests/test-snapshot-flush-race.sh \
 	tests/test-snapshot-fsync.sh \
 	tests/test-snapshot-fulldir.sh \
 	tests/test-snapshot-inplace.sh \
@@ -88,6 +89,7 @@ TESTS = \
 	tests/test-snapshot-model.sh \
 	tests/test-snapshot-multiconn.sh \
 	tests/test-snapshot-oddsize.sh \
+	tests/test-snapshot-partial.sh \
 	tests/test-snapshot-persist.sh \
 	tests/test-snapshot-policy.sh \
 	tests/test-snapshot-revert-busy.sh \

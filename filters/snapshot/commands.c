@@ -19,6 +19,22 @@
 #include "lockscope.h"
 #include "store-internal.h"
 
+/* The bytes of the blocks l holds, whole or in part (a partial block
+ * counts whole; the last block of the disk counts its own length).
+ */
+static uint64_t
+held_bytes (struct layer *l)
+{
+  uint64_t n = __atomic_load_n (&l->held, __ATOMIC_RELAXED), last;
+
+  if (n == 0)
+    return 0;
+  last = S.g.nblocks - 1;
+  return n * S.g.block_size -
+    (smap_get (&l->st, last) != BSTATE_ABSENT
+     ? S.g.block_size - geom_block_len (&S.g, last) : 0);
+}
+
 /* Append the JSON object describing snapshot l (store lock held). */
 static void
 json_snapshot (struct jbuf *j, struct layer *l)
@@ -32,8 +48,7 @@ json_snapshot (struct jbuf *j, struct layer *l)
   jb_printf (j, ",\"created\":");
   jb_time (j, l->created);
   jb_printf (j, ",\"bytes\":%" PRIu64 ",\"merging\":%s",
-             __atomic_load_n (&l->held, __ATOMIC_RELAXED) * S.g.block_size,
-             l->deleting ? "true" : "false");
+             held_bytes (l), l->deleting ? "true" : "false");
   if (merr) {
     jb_printf (j, ",\"merge_error\":");
     jb_str (j, merr);
@@ -160,9 +175,7 @@ store_cmd_list (struct command *c)
   }
   jb_printf (j, "],\"live\":{\"parent\":");
   jb_str (j, S.active->parent ? S.active->parent->name : NULL);
-  jb_printf (j, ",\"bytes\":%" PRIu64 "}",
-             __atomic_load_n (&S.active->held, __ATOMIC_RELAXED)
-             * S.g.block_size);
+  jb_printf (j, ",\"bytes\":%" PRIu64 "}", held_bytes (S.active));
   if (failure_is_set (&S.fail)) {
     jb_printf (j, ",\"failed\":");
     jb_str (j, S.fail.why);
@@ -212,8 +225,7 @@ do_revert (struct command *c, struct layer *target, uint64_t *discarded)
   /* No request runs (the gate is held): the old map can go. */
   omap_free (&S.owner);
   S.owner = owner;
-  *discarded = __atomic_load_n (&old->held, __ATOMIC_RELAXED)
-    * S.g.block_size;
+  *discarded = held_bytes (old);
   old->detached = false;
   if (r == 0) {
     detach (old);

@@ -1,9 +1,9 @@
 /* nbdsnap snapshot filter: the data path.
  *
  * Reads go through an owner map (the live disk's or a view's); writes
- * and zeroes go into the active layer, whole blocks at a time, with a
- * read-modify-write under the block's stripe lock for the first partial
- * write of a block; once the active layer holds a block as data, a
+ * and zeroes go into the active layer: whole blocks as they are, part
+ * of a block as the sectors it touches (partial.h), under the block's
+ * stripe lock the first time; once the active layer holds the bytes, a
  * partial write is a single pwrite into it, with no lock.
  */
 #include <config.h>
@@ -17,6 +17,7 @@
 
 #include "fileio.h"
 #include "lockscope.h"
+#include "partial.h"
 #include "store-internal.h"
 
 /* Mark block b of the active layer a as v (DATA or ZERO). */
@@ -28,13 +29,15 @@ mark (struct layer *a, uint64_t b, unsigned v)
   owner_set (&S.owner, b, a->slot);
 }
 
-/* Read [offset, offset+count) through an owner map: runs of blocks held
- * by the same layer in the same state become one pread / memset / plugin
- * read, so big requests stay big.
+/* Read [offset, offset+count) through an owner map (of view v; NULL:
+ * the live disk): runs of blocks held by the same layer in the same
+ * state become one pread / memset / plugin read, so big requests stay
+ * big.  A partial block is read sector by sector down its chain.
  */
 static int
-read_owner (const struct omap *owner, nbdkit_next *next, char *buf,
-            uint64_t count, uint64_t offset, int *err)
+read_owner (const struct view *v, const struct omap *owner,
+            nbdkit_next *next, char *buf, uint64_t count, uint64_t offset,
+            int *err)
 {
   const uint64_t end = offset + count;
 
@@ -44,7 +47,7 @@ read_owner (const struct omap *owner, nbdkit_next *next, char *buf,
     unsigned st = o ? smap_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
     uint64_t run_end = min64 (end, geom_offset (&S.g, b + 1)), len;
 
-    while (run_end < end) {
+    while (st != BSTATE_PARTIAL && run_end < end) {
       uint64_t nb = geom_block (&S.g, run_end);
       uint16_t o2 = owner_get (owner, nb);
       if (o2 != o || (o && smap_get (&S.slots[o]->st, nb) != st))
@@ -59,6 +62,11 @@ read_owner (const struct omap *owner, nbdkit_next *next, char *buf,
     }
     else if (st == BSTATE_ZERO)
       memset (buf, 0, len);
+    else if (st == BSTATE_PARTIAL) {
+      if (chain_read (v, S.slots[o], next, buf, b,
+                      offset - geom_offset (&S.g, b), len, err) == -1)
+        return -1;
+    }
     else if (pread_sparse (S.slots[o]->fd, buf, len, offset) == -1) {
       *err = errno;
       nbdkit_error ("snapshot: read layer %" PRIu64 ": %m", S.slots[o]->id);
@@ -78,11 +86,48 @@ store_pread (struct view *v, nbdkit_next *next, void *buf,
   int r;
 
   if (!v->live)
-    return read_owner (&v->owner, next, buf, count, offset, err);
+    return read_owner (v, &v->owner, next, buf, count, offset, err);
   gate_enter (&S.gate);
-  r = read_owner (&S.owner, next, buf, count, offset, err);
+  r = read_owner (NULL, &S.owner, next, buf, count, offset, err);
   gate_leave (&S.gate);
   return r;
+}
+
+/* Lock (or unlock) the stripes of blocks [b0, b0+nb), in increasing
+ * stripe order: the only order in which anyone holds more than one.
+ */
+static void
+stripes_range (uint64_t b0, uint64_t nb, bool lock)
+{
+  const unsigned first = b0 % NSTRIPES;
+  const unsigned n = nb < NSTRIPES ? nb : NSTRIPES;
+  const unsigned wrap = first + n > NSTRIPES ? first + n - NSTRIPES : 0;
+  unsigned i;
+
+  /* [0, wrap) then [first, first + n - wrap). */
+  for (i = 0; i < n; ++i) {
+    unsigned k = i < wrap ? i : first + (i - wrap);
+    if (lock)
+      pthread_mutex_lock (&S.stripes.m[k]);
+    else
+      pthread_mutex_unlock (&S.stripes.m[k]);
+  }
+}
+
+/* Does the active layer hold every block of [b0, b0+nb) whole (data or
+ * zero)?  Such a state never goes back to absent or partial.
+ */
+static bool
+all_whole (struct layer *a, uint64_t b0, uint64_t nb)
+{
+  uint64_t b;
+
+  for (b = b0; b < b0 + nb; ++b) {
+    unsigned st = smap_get (&a->st, b);
+    if (st != BSTATE_DATA && st != BSTATE_ZERO)
+      return false;
+  }
+  return true;
 }
 
 /* Write (buf) or zero (buf == NULL) whole blocks [b0, b0+nb). */
@@ -94,6 +139,8 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
   uint64_t len = min64 (nb << S.g.shift, S.g.disk_size - off);
   unsigned v = buf ? BSTATE_DATA : BSTATE_ZERO;
   uint64_t b;
+  bool locked;
+  int r = 0;
 
   if (leaves_ready (a, b0, nb) == -1) {
     *err = ENOMEM;
@@ -118,32 +165,46 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
       }
       mark (a, b, v);
     }
+    layer_touch (a);
+    return 0;
   }
-  else {
-    if (buf) {
-      if (pwrite_full (a->fd, buf, len, off) == -1) {
-        *err = errno;
-        nbdkit_error ("snapshot: write: %m");
-        return -1;
-      }
-    }
-    else if (fallocate (a->fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE,
-                        off, len) == -1 &&
-             errno != EOPNOTSUPP && errno != ENOSYS) {
-      /* Giving the space back is all the punch is for (the state says
-       * "zero" whatever is there), but a file system that fails it may
-       * fail more: this request fails, the states are unchanged.
-       */
+
+  /* A block the active layer does not hold whole may have a write of
+   * some of its sectors under way (partial.c), which reads, patches and
+   * writes back sectors: the block must not turn into data, and take
+   * in-place writes, before it is done.  So the states of such blocks
+   * change under their stripe locks only.
+   */
+  locked = !all_whole (a, b0, nb);
+  if (locked)
+    stripes_range (b0, nb, true);
+  if (buf) {
+    if (pwrite_full (a->fd, buf, len, off) == -1) {
       *err = errno;
-      nbdkit_error ("snapshot: zero: punching a hole in layer %" PRIu64
-                    ": %m", a->id);
-      return -1;
+      nbdkit_error ("snapshot: write: %m");
+      r = -1;
     }
+  }
+  else if (fallocate (a->fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE,
+                      off, len) == -1 &&
+           errno != EOPNOTSUPP && errno != ENOSYS) {
+    /* Giving the space back is all the punch is for (the state says
+     * "zero" whatever is there), but a file system that fails it may
+     * fail more: this request fails, the states are unchanged.
+     */
+    *err = errno;
+    nbdkit_error ("snapshot: zero: punching a hole in layer %" PRIu64
+                  ": %m", a->id);
+    r = -1;
+  }
+  if (r == 0) {
     for (b = b0; b < b0 + nb; ++b)
       mark (a, b, v);
+    layer_touch (a);
   }
-  layer_touch (a);
-  return 0;
+  if (locked)
+    stripes_range (b0, nb, false);
+  return r;
 }
 
 /* Read-modify-write part of block b: n bytes at boff from src (or zero),
@@ -161,7 +222,7 @@ rmw_locked (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
     nbdkit_error ("snapshot: write: out of memory for the block maps");
     return -1;
   }
-  if (read_owner (&S.owner, next, tmp, bl, off, err) == -1)
+  if (read_owner (NULL, &S.owner, next, tmp, bl, off, err) == -1)
     return -1;
   if (src)
     memcpy (tmp + boff, src, n);
@@ -177,43 +238,26 @@ rmw_locked (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
   return 0;
 }
 
-/* Does the active layer hold block b as data?  Once it does, that stays
- * so until a whole-block zero (which overlaps any write to b) or a
- * change of the live chain (which holds the gate): a partial write can
- * then go straight into the layer's data file, with no lock, no read and
- * no state change (the next flush's fdatasync covers it).  A merge only
- * fills blocks the active layer lacks, so it never touches such a block.
+/* Does the active layer hold bytes [boff, boff+n) of block b?  Once it
+ * does, that stays so until a whole-block zero (which overlaps any
+ * write to b) or a change of the live chain (which holds the gate): a
+ * partial write there can go straight into the layer's data file, with
+ * no lock, no read and no state change (the next flush's fdatasync
+ * covers it).  A merge only fills blocks, or sectors, the active layer
+ * lacks, so it never touches these bytes.
  */
 static inline bool
-owned_data (struct layer *a, uint64_t b)
+owned (struct layer *a, uint64_t b, uint64_t boff, uint64_t n)
 {
-  return smap_get (&a->st, b) == BSTATE_DATA;
-}
+  unsigned st = smap_get (&a->st, b);
+  uint16_t cover;
 
-/* Write n bytes from src (or zeroes) at boff in block b, which the
- * active layer holds as data: one pwrite, nothing else.
- */
-static int
-write_in_place (uint64_t b, uint64_t boff, uint64_t n, const char *src,
-                int *err)
-{
-  static const char zeroes[65536];
-  struct layer *a = S.active;
-  uint64_t off = geom_offset (&S.g, b) + boff;
-
-  while (n > 0) {
-    uint64_t len = src ? n : min64 (n, sizeof zeroes);
-    if (pwrite_full (a->fd, src ? src : zeroes, len, off) == -1) {
-      *err = errno;
-      nbdkit_error ("snapshot: write: %m");
-      return -1;
-    }
-    if (src)
-      src += len;
-    off += len;
-    n -= len;
-  }
-  return 0;
+  if (st == BSTATE_DATA)
+    return true;
+  if (st != BSTATE_PARTIAL)
+    return false;
+  cover = cover_mask (boff, n);
+  return (pmask_get (a, b) & cover) == cover;
 }
 
 /* Write part of block b: n bytes at boff from src (or zero). */
@@ -221,16 +265,26 @@ static int
 write_partial (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
                const char *src, int *err)
 {
+  struct layer *a = S.active;
   char *tmp;
   int r;
 
-  /* Fast path: the active layer already holds the block. */
-  if (owned_data (S.active, b))
-    return write_in_place (b, boff, n, src, err);
+  /* Fast path: the active layer already holds these bytes. */
+  if (owned (a, b, boff, n))
+    return active_write (b, boff, n, src, err);
 
-  /* The first write of the block into the active layer: read-modify-
-   * write of the whole block under its stripe lock (the layer keeps no
-   * presence finer than a block; see docs/benchmarks.md).
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe (b));
+  /* Another writer of b may have given us these bytes while we waited:
+   * then writing sectors from below would race with the in-place
+   * writes that others now do without the lock.
+   */
+  if (owned (a, b, boff, n))
+    return active_write (b, boff, n, src, err);
+  if (smap_get (&a->st, b) != BSTATE_ZERO)
+    return partial_write_locked (next, b, boff, n, src, err);
+
+  /* A zeroed block: read-modify-write of the whole block (its bytes
+   * below must not show through any more).
    */
   tmp = malloc (S.g.block_size);
   if (tmp == NULL) {
@@ -238,17 +292,7 @@ write_partial (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
     nbdkit_error ("snapshot: write: out of memory");
     return -1;
   }
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe (b));
-    /* Another writer of b may have made it ours while we waited: then
-     * a read-modify-write would race with the in-place writes that
-     * other writers now do without the lock.
-     */
-    if (owned_data (S.active, b))
-      r = write_in_place (b, boff, n, src, err);
-    else
-      r = rmw_locked (next, b, boff, n, src, tmp, err);
-  }
+  r = rmw_locked (next, b, boff, n, src, tmp, err);
   free (tmp);
   return r;
 }

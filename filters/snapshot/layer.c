@@ -11,17 +11,14 @@
 #include "binhdr.h"
 #include "fileio.h"
 #include "layer.h"
+#include "mapfile.h"
 #include "statefile.h"
 
-/* Map file: the binhdr header, then one entry per leaf that holds a
- * block, in increasing leaf order: the leaf index (u64), then the leaf's
- * LEAF_WORDS 2-bit state words (u64 each, LE).  Version 1 was a dense
- * array of every word of the disk; 2 was never written.
- */
+/* Map file: the binhdr header, then the entries (mapfile.c). */
 #define MAP_MAGIC "NBDSNAPM"
-#define MAP_VERSION 3
+#define MAP_VERSION 4
+#define MAP_V3 3
 #define MAP_OLD_VERSION 1
-#define MAP_ENTRY (8 + LEAF_WORDS * 8)
 
 /* The name of layer id's data file. */
 void
@@ -56,9 +53,11 @@ layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
   l->fd = -1;
   l->refs = 1;
   pthread_mutex_init (&l->save_lock, NULL);
-  if (smap_init (&l->st, g->nblocks) == -1) {
+  if (smap_init (&l->st, g->nblocks) == -1 ||
+      omap_init (&l->pmask, g->nblocks) == -1) {
     snprintf (why, whylen, "out of memory for a map of %" PRIu64 " blocks",
               g->nblocks);
+    smap_free (&l->st);
     pthread_mutex_destroy (&l->save_lock);
     free (l);
     errno = ENOMEM;
@@ -85,8 +84,8 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
 {
   char name[64];
   char *buf = NULL;
-  size_t len, i, n, w;
-  uint64_t prev = 0, last_words;
+  size_t len;
+  uint32_t version;
   struct binhdr h;
   const uint8_t *p;
 
@@ -99,59 +98,26 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
   if (len >= 12 && memcmp (buf, MAP_MAGIC, 8) == 0 &&
       get_le32 (p + 8) == MAP_OLD_VERSION) {
     snprintf (why, whylen, "%s: old layer map format %d (dense, written by "
-              "nbdsnap before 2026-12); this nbdsnap reads format %d only. "
-              "Copy out the snapshots you need with the nbdsnap that wrote "
-              "this snapshot-dir, then start on an empty one (see "
-              "docs/snapshot-format.md, \"Versions\")", name,
-              MAP_OLD_VERSION, MAP_VERSION);
+              "nbdsnap before 2026-12); this nbdsnap reads formats 3 and "
+              "4 only. Copy out the snapshots you need with the nbdsnap "
+              "that wrote this snapshot-dir, then start on an empty one "
+              "(see docs/snapshot-format.md, \"Versions\")", name,
+              MAP_OLD_VERSION);
     goto err;
   }
-  if (binhdr_check ((uint8_t *) buf, len, MAP_MAGIC, MAP_VERSION, false, name,
+  version = len >= 12 && get_le32 (p + 8) == MAP_V3 ? MAP_V3 : MAP_VERSION;
+  if (binhdr_check ((uint8_t *) buf, len, MAP_MAGIC, version, false, name,
                     "layer map", &h, NULL, why, whylen) == -1)
     goto err;
-  if (h.payload_len % MAP_ENTRY != 0) {
-    snprintf (why, whylen, "%s: truncated or wrong length (%zu bytes, "
-              "not a whole number of leaves)", name, len);
-    goto err;
-  }
   if (h.block_size != g->block_size || h.id != l->id ||
       h.nblocks != g->nblocks || h.disk_size != g->disk_size) {
     snprintf (why, whylen, "%s: belongs to another layer or disk geometry",
               name);
     goto err;
   }
-  /* Words of the last leaf that hold blocks (the others must be 0). */
-  last_words = ((g->nblocks - 1) & (LEAF_BLOCKS - 1)) / 32 + 1;
-  n = h.payload_len / MAP_ENTRY;
-  for (i = 0; i < n; ++i) {
-    const uint8_t *e = p + BINHDR_SIZE + i * MAP_ENTRY;
-    uint64_t li = get_le64 (e), *lf;
-
-    if (li >= l->st.nleaves || (i > 0 && li <= prev)) {
-      snprintf (why, whylen, "%s: invalid leaf index %" PRIu64 " (file is "
-                "corrupt)", name, li);
-      goto err;
-    }
-    prev = li;
-    if ((lf = smap_leaf_make (&l->st, li)) == NULL) {
-      snprintf (why, whylen, "%s: out of memory", name);
-      goto err;
-    }
-    for (w = 0; w < LEAF_WORDS; ++w) {
-      uint64_t v = get_le64 (e + 8 + 8 * w);
-      bool last = li == l->st.nleaves - 1;
-      /* State 3 is not defined; bits past the last block must be clear. */
-      if ((v & (v >> 1) & UINT64_C (0x5555555555555555)) ||
-          (last && w >= last_words && v) ||
-          (last && w == last_words - 1 && (g->nblocks & 31) &&
-           (v >> ((g->nblocks & 31) * 2)))) {
-        snprintf (why, whylen, "%s: invalid block state (file is corrupt)",
-                  name);
-        goto err;
-      }
-      lf[w] = v;
-    }
-  }
+  if (map_decode (l, g, version, p + BINHDR_SIZE, h.payload_len, name,
+                  why, whylen) == -1)
+    goto err;
   l->held = smap_count (&l->st);
   free (buf);
   return 0;
@@ -174,8 +140,8 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
     .nblocks = g->nblocks, .disk_size = g->disk_size,
   };
   char name[64];
-  size_t i, w, n, len;
-  uint8_t *buf, *ep;
+  size_t len;
+  uint8_t *buf;
   int r, e;
 
   layer_data_name (l->id, name, sizeof name);
@@ -190,38 +156,14 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
 
   /* Copy the states BEFORE syncing the data: a block marked after the
    * copy is not in this map, a block marked before it had its bytes
-   * written before it was marked, so the fdatasync below covers them.
+   * written before it was marked, so the fdatasync below covers them
+   * (the same for the sectors of a partial block and its mask).
    */
-  /* Room for every leaf present now; leaves that hold no block (or that
-   * appear after this count) are left out.
-   */
-  n = 0;
-  for (i = sparse_next (l->st.present, l->st.nleaves, 0); i < l->st.nleaves;
-       i = sparse_next (l->st.present, l->st.nleaves, i + 1))
-    n++;
-  buf = calloc (1, BINHDR_SIZE + n * MAP_ENTRY);
-  if (buf == NULL) {
-    snprintf (what, whatlen, "memory for the map of %s", name);
-    errno = ENOMEM;
+  if (map_encode (l, g, &buf, &len) == -1) {
+    snprintf (what, whatlen, "%s the map of %s", errno == ENOMEM ?
+              "memory for" : "internal error building", name);
     return -1;
   }
-  ep = buf + BINHDR_SIZE;
-  for (i = sparse_next (l->st.present, l->st.nleaves, 0);
-       i < l->st.nleaves && ep < buf + BINHDR_SIZE + n * MAP_ENTRY;
-       i = sparse_next (l->st.present, l->st.nleaves, i + 1)) {
-    const uint64_t *lf = smap_leaf (&l->st, i);
-    uint64_t any = 0;
-
-    put_le64 (ep, i);
-    for (w = 0; w < LEAF_WORDS; ++w) {
-      uint64_t v = __atomic_load_n (&lf[w], __ATOMIC_ACQUIRE);
-      put_le64 (ep + 8 + 8 * w, v);
-      any |= v;
-    }
-    if (any)
-      ep += MAP_ENTRY;
-  }
-  len = ep - buf;
   hdr.payload_len = len - BINHDR_SIZE;
   memcpy (hdr.magic, MAP_MAGIC, 8);
   binhdr_put (buf, &hdr);
@@ -338,6 +280,7 @@ layer_free (struct layer *l)
   if (l->fd >= 0)
     close (l->fd);
   smap_free (&l->st);
+  omap_free (&l->pmask);
   pthread_mutex_destroy (&l->save_lock);
   free (l);
 }

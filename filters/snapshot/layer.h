@@ -1,7 +1,8 @@
 /* nbdsnap snapshot filter: one copy-on-write layer.
  *
  * A layer is a sparse data file (block N at byte N * block_size) plus a
- * 2-bit state per block (absent / data / zero), persisted as a map file.
+ * 2-bit state per block (absent / data / zero / partial), and a sector
+ * mask per partial block (partial.h), persisted as a map file.
  * Frozen layers are snapshots; exactly one layer, the active layer,
  * takes writes.  See docs/snapshot-format.md for the bytes on disk.
  */
@@ -29,6 +30,7 @@ struct layer {
   bool detached;                /* removed from the table, freed at refs 0 */
   int fd;                       /* data file */
   struct smap st;              /* per-block states (sparse) */
+  struct omap pmask;            /* sector masks of PARTIAL blocks */
   uint64_t held;                /* atomic: blocks not ABSENT */
   uint64_t gen;                 /* atomic: bumped on every state change */
   uint64_t saved_gen;           /* gen last written to the map file */

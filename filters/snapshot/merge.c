@@ -1,8 +1,8 @@
 /* nbdsnap snapshot filter: the background merge of deleted snapshots.
  *
- * Deleting snapshot L copies every block L holds into each child of L
- * that lacks it (the bytes the child already showed through from L), then
- * re-parents the children and drops L.  One thread does this for every
+ * Deleting snapshot L copies every block (or sector) L holds into each
+ * child of L that lacks it (the bytes the child already showed through
+ * from L), then re-parents the children and drops L.  One thread does this for every
  * layer marked deleting, one after the other; commands wait for it
  * (wait_merge) before they change the tree.
  */
@@ -18,6 +18,7 @@
 #include "fileio.h"
 #include "gate.h"
 #include "lockscope.h"
+#include "partial.h"
 #include "store-internal.h"
 
 /* Wait until no merge runs (store lock held). */
@@ -28,10 +29,11 @@ wait_merge (void)
     pthread_cond_wait (&S.cond, &S.lock);
 }
 
-/* Copy block b (in state st) of l into child c if c lacks it, through
- * buf (a block's worth of room); on_live: c is on the live chain, whose
- * owner map then moves the block to c.  -1 and errno on error (c's
- * state of b unchanged), with what failed in why.
+/* Copy block b (in state st) of l into child c where c lacks it (the
+ * whole block, or the sectors c's partial block lacks: partial.h),
+ * through buf (a block's worth of room); on_live: c is on the live
+ * chain, whose owner map then moves the block to c.  -1 and errno on
+ * error (c's state of b unchanged), with what failed in why.
  */
 static int
 copy_block (struct layer *l, struct layer *c, uint64_t b, unsigned st,
@@ -40,8 +42,9 @@ copy_block (struct layer *l, struct layer *c, uint64_t b, unsigned st,
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe (b));
   uint64_t bl = geom_block_len (&S.g, b), off = geom_offset (&S.g, b);
   uint16_t expect = l->slot;
+  unsigned cst = smap_get (&c->st, b);
 
-  if (smap_get (&c->st, b) != BSTATE_ABSENT)
+  if (cst == BSTATE_DATA || cst == BSTATE_ZERO)
     return 0;                   /* c has its own (newer) bytes */
   if (smap_leaf_make (&c->st, b >> LEAF_SHIFT) == NULL) {
     snprintf (why, whylen, "out of memory for the map of layer %" PRIu64,
@@ -49,21 +52,27 @@ copy_block (struct layer *l, struct layer *c, uint64_t b, unsigned st,
     errno = ENOMEM;
     return -1;
   }
-  if (st == BSTATE_DATA) {
-    if (pread_sparse (l->fd, buf, bl, off) == -1) {
-      snprintf (why, whylen, "reading layer %" PRIu64 ": %s", l->id,
-                strerror (errno));
+  if (st == BSTATE_PARTIAL || cst == BSTATE_PARTIAL) {
+    if (partial_merge (l, st, c, cst, b, buf, why, whylen) == -1)
       return -1;
-    }
-    if (pwrite_full (c->fd, buf, bl, off) == -1) {
-      snprintf (why, whylen, "writing layer %" PRIu64 ": %s", c->id,
-                strerror (errno));
-      return -1;
-    }
   }
-  if (smap_set (&c->st, b, st) == BSTATE_ABSENT)
-    __atomic_add_fetch (&c->held, 1, __ATOMIC_RELAXED);
-  if (on_live)
+  else {
+    if (st == BSTATE_DATA) {
+      if (pread_sparse (l->fd, buf, bl, off) == -1) {
+        snprintf (why, whylen, "reading layer %" PRIu64 ": %s", l->id,
+                  strerror (errno));
+        return -1;
+      }
+      if (pwrite_full (c->fd, buf, bl, off) == -1) {
+        snprintf (why, whylen, "writing layer %" PRIu64 ": %s", c->id,
+                  strerror (errno));
+        return -1;
+      }
+    }
+    if (smap_set (&c->st, b, st) == BSTATE_ABSENT)
+      __atomic_add_fetch (&c->held, 1, __ATOMIC_RELAXED);
+  }
+  if (on_live && cst == BSTATE_ABSENT)
     omap_cas (&S.owner, b, expect, c->slot);
   return 0;
 }

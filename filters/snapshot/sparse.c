@@ -159,6 +159,30 @@ smap_set (struct smap *m, uint64_t b, unsigned v)
   return bstate_word_set (&lf[(b & (LEAF_BLOCKS - 1)) >> 5], b, v);
 }
 
+bool
+smap_cas (struct smap *m, uint64_t b, unsigned expect, unsigned v)
+{
+  uint64_t *lf = smap_leaf (m, b >> LEAF_SHIFT), *p, old, new;
+  unsigned shift = (b & 31) * 2;
+
+  if (lf == NULL) {
+    if (expect != BSTATE_ABSENT)
+      return false;
+    lf = smap_leaf_make (m, b >> LEAF_SHIFT);
+    if (lf == NULL)
+      out_of_memory ("a layer map");
+  }
+  p = &lf[(b & (LEAF_BLOCKS - 1)) >> 5];
+  old = __atomic_load_n (p, __ATOMIC_RELAXED);
+  do {
+    if (((old >> shift) & 3) != expect)
+      return false;
+    new = (old & ~(UINT64_C (3) << shift)) | ((uint64_t) (v & 3) << shift);
+  } while (!__atomic_compare_exchange_n (p, &old, new, true,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+  return true;
+}
+
 uint64_t
 smap_count (const struct smap *m)
 {
@@ -228,4 +252,19 @@ omap_cas (struct omap *m, uint64_t b, uint16_t expect, uint16_t v)
   }
   __atomic_compare_exchange_n (&lf[b & (LEAF_BLOCKS - 1)], &expect, v, false,
                                __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
+uint16_t
+omap_or (struct omap *m, uint64_t b, uint16_t bits)
+{
+  uint16_t *lf = __atomic_load_n (&m->leaf[b >> LEAF_SHIFT],
+                                  __ATOMIC_ACQUIRE);
+
+  if (lf == NULL) {
+    lf = omap_leaf_make (m, b >> LEAF_SHIFT);
+    if (lf == NULL)
+      out_of_memory ("a sector mask map");
+  }
+  return __atomic_or_fetch (&lf[b & (LEAF_BLOCKS - 1)], bits,
+                            __ATOMIC_ACQ_REL);
 }

@@ -18,8 +18,9 @@
  * Two kinds:
  *  - struct smap: a 2-bit state per block (BSTATE_* of bitmap.h), the
  *    states of one layer; 128 64-bit words (1 KiB) per leaf.
- *  - struct omap: a 16-bit owner per block (the slot of the layer that
- *    holds it, 0: the plugin); 8 KiB per leaf.
+ *  - struct omap: a 16-bit value per block, 8 KiB per leaf: the owner
+ *    maps (the slot of the layer that holds the block, 0: the plugin),
+ *    and each layer's sector masks of its PARTIAL blocks (partial.h).
  */
 #ifndef NBDSNAP_SNAPSHOT_SPARSE_H
 #define NBDSNAP_SNAPSHOT_SPARSE_H
@@ -96,6 +97,12 @@ smap_get (const struct smap *m, uint64_t b)
 unsigned smap_set (struct smap *m, uint64_t b, unsigned v)
   __attribute__ ((nonnull));
 
+/* If the state of block b is expect, make it v (atomic; its leaf
+ * exists if expect is not ABSENT).  True if it was changed.
+ */
+bool smap_cas (struct smap *m, uint64_t b, unsigned expect, unsigned v)
+  __attribute__ ((nonnull));
+
 /* Number of blocks that are not ABSENT. */
 uint64_t smap_count (const struct smap *m) __attribute__ ((nonnull));
 
@@ -127,6 +134,12 @@ void omap_set (struct omap *m, uint64_t b, uint16_t v)
 
 /* If the owner of block b is expect, make it v (atomic). */
 void omap_cas (struct omap *m, uint64_t b, uint16_t expect, uint16_t v)
+  __attribute__ ((nonnull));
+
+/* OR bits into the value of block b (atomic; its leaf made before by
+ * omap_leaf_make); the value after.
+ */
+uint16_t omap_or (struct omap *m, uint64_t b, uint16_t bits)
   __attribute__ ((nonnull));
 
 #endif /* NBDSNAP_SNAPSHOT_SPARSE_H */

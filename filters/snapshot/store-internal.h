@@ -11,8 +11,12 @@
  *  - S.lock protects the layer table, connection counts and commands.
  *  - S.gate: every live request enters it; commands that change the live
  *    chain hold it (drain + exclude I/O) for their O(1) switch.
- *  - Stripe locks serialize read-modify-write of partial blocks, and all
- *    writes to the active layer while a merge copies into it.
+ *  - Stripe locks serialize the writes of sectors (or blocks) the active
+ *    layer lacks, and all writes to the active layer while a merge
+ *    copies into it.  A block's state leaves absent or partial only
+ *    under its stripe lock (a whole-block write over such blocks takes
+ *    the locks of its range, in stripe order: the only order in which
+ *    anyone holds more than one).
  *  - Frozen layers never change except by merge, which only fills blocks a
  *    layer lacks with the bytes it already showed through from its parent.
  *
@@ -27,6 +31,7 @@
  *
  * The files of the store:
  *   io.c        the data path of the live disk and views
+ *   partial.c   blocks a layer holds in part (presence per sector)
  *   chain.c     chains of layers and their owner maps
  *   extents.c   extents and change maps
  *   table.c     the layer table (slots)

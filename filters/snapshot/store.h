@@ -33,6 +33,8 @@ struct view {
   struct omap owner;            /* snapshot views: private owner map */
   struct layer **pinned;        /* layers this view holds a reference on */
   size_t npinned;
+  size_t ntop;                  /* pinned[0..ntop): the snapshot's chain,
+                                   top first */
   struct layer *top;            /* snapshot views: the snapshot's layer */
   struct layer *base;           /* change maps: the BASE snapshot */
 };

@@ -65,7 +65,10 @@ view_open_locked (struct view *v, const char *name, const char *base,
   v->live = (name == NULL);
   v->top = t;
   v->base = b;
-  if ((t && pin_chain (v, t) == -1) || (b && pin_chain (v, b) == -1))
+  if (t && pin_chain (v, t) == -1)
+    goto oom;
+  v->ntop = v->npinned;
+  if (b && pin_chain (v, b) == -1)
     goto oom;
   if (t) {
     if (compute_owner (t, &v->owner) == -1)
