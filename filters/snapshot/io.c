@@ -93,41 +93,24 @@ store_pread (struct view *v, nbdkit_next *next, void *buf,
   return r;
 }
 
-/* Lock (or unlock) the stripes of blocks [b0, b0+nb), in increasing
- * stripe order: the only order in which anyone holds more than one.
+/* Mark block b of the active layer a as v after a whole-block write or
+ * zero.  A block the layer does not hold whole may have a write of some
+ * of its sectors under way (partial.c), which reads, patches and writes
+ * back sectors under the block's stripe lock: the block must not turn
+ * into data, and take in-place writes, before that is done.  So a state
+ * leaves absent or partial under the stripe lock only.
  */
 static void
-stripes_range (uint64_t b0, uint64_t nb, bool lock)
+mark_whole (struct layer *a, uint64_t b, unsigned v)
 {
-  const unsigned first = b0 % NSTRIPES;
-  const unsigned n = nb < NSTRIPES ? nb : NSTRIPES;
-  const unsigned wrap = first + n > NSTRIPES ? first + n - NSTRIPES : 0;
-  unsigned i;
+  unsigned st = smap_get (&a->st, b);
 
-  /* [0, wrap) then [first, first + n - wrap). */
-  for (i = 0; i < n; ++i) {
-    unsigned k = i < wrap ? i : first + (i - wrap);
-    if (lock)
-      pthread_mutex_lock (&S.stripes.m[k]);
-    else
-      pthread_mutex_unlock (&S.stripes.m[k]);
+  if (st == BSTATE_DATA || st == BSTATE_ZERO)
+    mark (a, b, v);             /* never goes back to absent or partial */
+  else {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe (b));
+    mark (a, b, v);
   }
-}
-
-/* Does the active layer hold every block of [b0, b0+nb) whole (data or
- * zero)?  Such a state never goes back to absent or partial.
- */
-static bool
-all_whole (struct layer *a, uint64_t b0, uint64_t nb)
-{
-  uint64_t b;
-
-  for (b = b0; b < b0 + nb; ++b) {
-    unsigned st = smap_get (&a->st, b);
-    if (st != BSTATE_DATA && st != BSTATE_ZERO)
-      return false;
-  }
-  return true;
 }
 
 /* Write (buf) or zero (buf == NULL) whole blocks [b0, b0+nb). */
@@ -139,7 +122,6 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
   uint64_t len = min64 (nb << S.g.shift, S.g.disk_size - off);
   unsigned v = buf ? BSTATE_DATA : BSTATE_ZERO;
   uint64_t b;
-  bool locked;
   int r = 0;
 
   if (leaves_ready (a, b0, nb) == -1) {
@@ -169,15 +151,6 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
     return 0;
   }
 
-  /* A block the active layer does not hold whole may have a write of
-   * some of its sectors under way (partial.c), which reads, patches and
-   * writes back sectors: the block must not turn into data, and take
-   * in-place writes, before it is done.  So the states of such blocks
-   * change under their stripe locks only.
-   */
-  locked = !all_whole (a, b0, nb);
-  if (locked)
-    stripes_range (b0, nb, true);
   if (buf) {
     if (pwrite_full (a->fd, buf, len, off) == -1) {
       *err = errno;
@@ -199,11 +172,9 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
   }
   if (r == 0) {
     for (b = b0; b < b0 + nb; ++b)
-      mark (a, b, v);
+      mark_whole (a, b, v);
     layer_touch (a);
   }
-  if (locked)
-    stripes_range (b0, nb, false);
   return r;
 }
 

@@ -14,9 +14,8 @@
  *  - Stripe locks serialize the writes of sectors (or blocks) the active
  *    layer lacks, and all writes to the active layer while a merge
  *    copies into it.  A block's state leaves absent or partial only
- *    under its stripe lock (a whole-block write over such blocks takes
- *    the locks of its range, in stripe order: the only order in which
- *    anyone holds more than one).
+ *    under its stripe lock (a whole-block write marks such blocks under
+ *    it, one at a time).  Nobody holds two stripe locks.
  *  - Frozen layers never change except by merge, which only fills blocks a
  *    layer lacks with the bytes it already showed through from its parent.
  *
