@@ -5,6 +5,13 @@
  * (@snapshot:diff/BASE[/NAME]) answer another question with the same
  * call: a block is a hole if no layer between BASE and the target holds
  * it, so that only the changed blocks read as allocated.
+ *
+ * Both follow the written data, not the size of the disk: a run of map
+ * leaves (LEAF_BLOCKS blocks each, sparse.h) that no layer of a change
+ * map's set holds is a hole, and one the owner map has no leaf for is the
+ * plugin's, so such runs are found from the maps' present bits in one
+ * step rather than block by block.  The answers are the same extents as
+ * block by block (runs of one type are merged across the skipped leaves).
  */
 #include <config.h>
 
@@ -48,6 +55,60 @@ block_type (const struct question *q, uint64_t b)
       : st == BSTATE_ZERO ? NBDKIT_EXTENT_ZERO : 0;
   return o == 0 ? ASK_PLUGIN
     : st == BSTATE_ZERO ? NBDKIT_EXTENT_HOLE|NBDKIT_EXTENT_ZERO : 0;
+}
+
+#define NOT_UNIFORM (UINT32_MAX - 1)
+
+/* If every block of the leaf of block b has the same type for q (change
+ * maps: no layer of the set has the leaf; plain extents: the owner map
+ * has no leaf, every block is the plugin's), that type, with in *until
+ * the first block after b (at most bend) where that may stop: the start
+ * of the next leaf that a map has.  Else NOT_UNIFORM.  A leaf whose
+ * present bit is set but whose blocks are all ABSENT is not uniform here:
+ * it is answered block by block.
+ */
+static uint32_t
+leaf_uniform (const struct question *q, uint64_t b, uint64_t bend,
+              uint64_t *until)
+{
+  const size_t leaf = b >> LEAF_SHIFT;
+  size_t next, i;
+  uint32_t type;
+
+  if (q->diff) {
+    next = SIZE_MAX;
+    for (i = 0; i < q->nset && next > leaf; ++i) {
+      const struct smap *m = &q->set[i]->st;
+      size_t n = sparse_next (m->present, m->nleaves, leaf);
+      if (n < next)
+        next = n;
+    }
+    type = NBDKIT_EXTENT_HOLE;
+  }
+  else {
+    next = sparse_next (q->owner->present, q->owner->nleaves, leaf);
+    type = ASK_PLUGIN;
+  }
+  if (next <= leaf)
+    return NOT_UNIFORM;
+  *until = next >= (SIZE_MAX >> LEAF_SHIFT) ? bend
+    : min64 (bend, (uint64_t) next << LEAF_SHIFT);
+  return type;
+}
+
+/* The type of block b and in *until the end of a run of blocks from b
+ * (at most bend) known to have it: a run of uniform leaves, or b alone.
+ */
+static uint32_t
+run_type (const struct question *q, uint64_t b, uint64_t bend,
+          uint64_t *until)
+{
+  uint32_t type = leaf_uniform (q, b, bend, until);
+
+  if (type != NOT_UNIFORM)
+    return type;
+  *until = b + 1;
+  return block_type (q, b);
 }
 
 /* Add the plugin's extents of [offset, end). */
@@ -100,16 +161,14 @@ extents_owner (const struct omap *owner, struct layer *target,
   }
 
   while (offset < end) {
-    uint64_t b = geom_block (&S.g, offset);
-    uint32_t type = block_type (&q, b);
-    uint64_t run_end = min64 (end, geom_offset (&S.g, b + 1));
+    const uint64_t bend = geom_block (&S.g, end - 1) + 1;
+    uint64_t b = geom_block (&S.g, offset), nb, next_b;
+    uint32_t type = run_type (&q, b, bend, &nb);
+    uint64_t run_end;
 
-    while (run_end < end) {
-      uint64_t nb = geom_block (&S.g, run_end);
-      if (block_type (&q, nb) != type)
-        break;
-      run_end = min64 (end, geom_offset (&S.g, nb + 1));
-    }
+    while (nb < bend && run_type (&q, nb, bend, &next_b) == type)
+      nb = next_b;
+    run_end = min64 (end, geom_offset (&S.g, nb));
 
     if (type == ASK_PLUGIN)
       r = add_plugin_extents (next, offset, run_end, extents, err);
