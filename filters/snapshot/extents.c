@@ -17,21 +17,11 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <nbdkit-filter.h>
 
 #include "store-internal.h"
-
-/* For change maps: is block b held by any layer in set (n layers)? */
-static bool
-changed (struct layer **set, size_t n, uint64_t b)
-{
-  size_t i;
-  for (i = 0; i < n; ++i)
-    if (smap_get (&set[i]->st, b) != BSTATE_ABSENT)
-      return true;
-  return false;
-}
 
 #define ASK_PLUGIN UINT32_MAX    /* extent type: what the plugin says */
 
@@ -41,17 +31,49 @@ struct question {
   bool diff;                    /* a change map (else plain extents) */
   struct layer **set;           /* change maps: the layers that changed */
   size_t nset;
+  /* Change maps: for leaf any_leaf (SIZE_MAX: none yet), the low bit of
+   * each block's 2-bit field is set if a layer of the set holds it.
+   */
+  size_t any_leaf;
+  uint64_t any[LEAF_WORDS];
 };
+
+/* For change maps: is block b held by any layer in the set?  The leaf of
+ * b is looked at once for all its blocks (the union of the set's leaves),
+ * not block by block and layer by layer.
+ */
+static bool
+changed (struct question *q, uint64_t b)
+{
+  const size_t leaf = b >> LEAF_SHIFT;
+  const uint64_t j = b & (LEAF_BLOCKS - 1);
+  size_t i, k;
+
+  if (leaf != q->any_leaf) {
+    memset (q->any, 0, sizeof q->any);
+    for (i = 0; i < q->nset; ++i) {
+      const uint64_t *lf = smap_leaf (&q->set[i]->st, leaf);
+      if (lf == NULL)
+        continue;
+      for (k = 0; k < LEAF_WORDS; ++k) {
+        uint64_t w = __atomic_load_n (&lf[k], __ATOMIC_ACQUIRE);
+        q->any[k] |= (w | (w >> 1)) & UINT64_C (0x5555555555555555);
+      }
+    }
+    q->any_leaf = leaf;
+  }
+  return (q->any[j >> 5] >> ((j & 31) * 2)) & 1;
+}
 
 /* The extent type of block b: NBDKIT_EXTENT_* flags, or ASK_PLUGIN. */
 static uint32_t
-block_type (const struct question *q, uint64_t b)
+block_type (struct question *q, uint64_t b)
 {
   uint16_t o = owner_get (q->owner, b);
   unsigned st = o ? smap_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
 
   if (q->diff)
-    return !changed (q->set, q->nset, b) ? NBDKIT_EXTENT_HOLE
+    return !changed (q, b) ? NBDKIT_EXTENT_HOLE
       : st == BSTATE_ZERO ? NBDKIT_EXTENT_ZERO : 0;
   return o == 0 ? ASK_PLUGIN
     : st == BSTATE_ZERO ? NBDKIT_EXTENT_HOLE|NBDKIT_EXTENT_ZERO : 0;
@@ -123,7 +145,7 @@ leaf_uniform (const struct question *q, uint64_t b, uint64_t bend,
  * (at most bend) known to have it: a run of uniform leaves, or b alone.
  */
 static uint32_t
-run_type (const struct question *q, uint64_t b, uint64_t bend,
+run_type (struct question *q, uint64_t b, uint64_t bend,
           uint64_t *until)
 {
   uint32_t type = leaf_uniform (q, b, bend, until);
@@ -171,7 +193,8 @@ extents_owner (const struct omap *owner, struct layer *target,
                struct nbdkit_extents *extents, int *err)
 {
   const uint64_t end = offset + count;
-  struct question q = { .owner = owner, .diff = base != NULL };
+  struct question q = { .owner = owner, .diff = base != NULL,
+                       .any_leaf = SIZE_MAX };
   int r = 0;
 
   if (base) {
