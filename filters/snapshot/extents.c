@@ -69,12 +69,15 @@ changed (struct question *q, uint64_t b)
 static uint32_t
 block_type (struct question *q, uint64_t b)
 {
-  uint16_t o = owner_get (q->owner, b);
-  unsigned st = o ? smap_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
+  uint16_t o;
+  unsigned st;
 
+  if (q->diff && !changed (q, b))
+    return NBDKIT_EXTENT_HOLE;  /* no owner lookup for unchanged blocks */
+  o = owner_get (q->owner, b);
+  st = o ? smap_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
   if (q->diff)
-    return !changed (q, b) ? NBDKIT_EXTENT_HOLE
-      : st == BSTATE_ZERO ? NBDKIT_EXTENT_ZERO : 0;
+    return st == BSTATE_ZERO ? NBDKIT_EXTENT_ZERO : 0;
   return o == 0 ? ASK_PLUGIN
     : st == BSTATE_ZERO ? NBDKIT_EXTENT_HOLE|NBDKIT_EXTENT_ZERO : 0;
 }
