@@ -85,6 +85,7 @@ TESTS = \
 	tests/test-snapshot-fsync.sh \
 	tests/test-snapshot-fulldir.sh \
 	tests/test-snapshot-inplace.sh \
+	tests/test-snapshot-leaves.sh \
 	tests/test-snapshot-list.sh \
 	tests/test-snapshot-model.sh \
 	tests/test-snapshot-multiconn.sh \

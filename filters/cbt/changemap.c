@@ -232,9 +232,14 @@ tracker_mark_revert (nbdkit_backend *backend, const char *snapshot)
     r = tracker_mark (0, T.g.disk_size, &err);
   }
   else {
+    /* As few requests as a 32-bit count allows (block-aligned): each
+     * costs a pass through the layers below whatever it covers.
+     */
+    const uint32_t chunk = UINT32_MAX & ~(T.g.block_size - 1);
+
     r = 0;
     while (r == 0 && off < (uint64_t) size) {
-      uint32_t len = min64 (size - off, UINT32_C (1) << 30);
+      uint32_t len = min64 (size - off, chunk);
       struct nbdkit_extents *e = nbdkit_extents_full (next, len, off, 0,
                                                       &err);
       size_t i;

@@ -5,26 +5,23 @@
  * (@snapshot:diff/BASE[/NAME]) answer another question with the same
  * call: a block is a hole if no layer between BASE and the target holds
  * it, so that only the changed blocks read as allocated.
+ *
+ * Both follow the written data, not the size of the disk: a run of map
+ * leaves (LEAF_BLOCKS blocks each, sparse.h) that no layer of a change
+ * map's set holds is a hole, and one the owner map has no leaf for is the
+ * plugin's, so such runs are found from the maps' present bits in one
+ * step rather than block by block.  The answers are the same extents as
+ * block by block (runs of one type are merged across the skipped leaves).
  */
 #include <config.h>
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <nbdkit-filter.h>
 
 #include "store-internal.h"
-
-/* For change maps: is block b held by any layer in set (n layers)? */
-static bool
-changed (struct layer **set, size_t n, uint64_t b)
-{
-  size_t i;
-  for (i = 0; i < n; ++i)
-    if (smap_get (&set[i]->st, b) != BSTATE_ABSENT)
-      return true;
-  return false;
-}
 
 #define ASK_PLUGIN UINT32_MAX    /* extent type: what the plugin says */
 
@@ -34,20 +31,132 @@ struct question {
   bool diff;                    /* a change map (else plain extents) */
   struct layer **set;           /* change maps: the layers that changed */
   size_t nset;
+  /* Change maps: for leaf any_leaf (SIZE_MAX: none yet), the low bit of
+   * each block's 2-bit field is set if a layer of the set holds it.
+   */
+  size_t any_leaf;
+  uint64_t any[LEAF_WORDS];
 };
+
+/* For change maps: is block b held by any layer in the set?  The leaf of
+ * b is looked at once for all its blocks (the union of the set's leaves),
+ * not block by block and layer by layer.
+ */
+static bool
+changed (struct question *q, uint64_t b)
+{
+  const size_t leaf = b >> LEAF_SHIFT;
+  const uint64_t j = b & (LEAF_BLOCKS - 1);
+  size_t i, k;
+
+  if (leaf != q->any_leaf) {
+    memset (q->any, 0, sizeof q->any);
+    for (i = 0; i < q->nset; ++i) {
+      const uint64_t *lf = smap_leaf (&q->set[i]->st, leaf);
+      if (lf == NULL)
+        continue;
+      for (k = 0; k < LEAF_WORDS; ++k) {
+        uint64_t w = __atomic_load_n (&lf[k], __ATOMIC_ACQUIRE);
+        q->any[k] |= (w | (w >> 1)) & UINT64_C (0x5555555555555555);
+      }
+    }
+    q->any_leaf = leaf;
+  }
+  return (q->any[j >> 5] >> ((j & 31) * 2)) & 1;
+}
 
 /* The extent type of block b: NBDKIT_EXTENT_* flags, or ASK_PLUGIN. */
 static uint32_t
-block_type (const struct question *q, uint64_t b)
+block_type (struct question *q, uint64_t b)
 {
-  uint16_t o = owner_get (q->owner, b);
-  unsigned st = o ? smap_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
+  uint16_t o;
+  unsigned st;
 
+  if (q->diff && !changed (q, b))
+    return NBDKIT_EXTENT_HOLE;  /* no owner lookup for unchanged blocks */
+  o = owner_get (q->owner, b);
+  st = o ? smap_get (&S.slots[o]->st, b) : BSTATE_ABSENT;
   if (q->diff)
-    return !changed (q->set, q->nset, b) ? NBDKIT_EXTENT_HOLE
-      : st == BSTATE_ZERO ? NBDKIT_EXTENT_ZERO : 0;
+    return st == BSTATE_ZERO ? NBDKIT_EXTENT_ZERO : 0;
   return o == 0 ? ASK_PLUGIN
     : st == BSTATE_ZERO ? NBDKIT_EXTENT_HOLE|NBDKIT_EXTENT_ZERO : 0;
+}
+
+#define NOT_UNIFORM (UINT32_MAX - 1)
+
+/* The first leaf in [i, limit) whose present bit is set, or limit
+ * (limit <= nleaves).  sparse_next bounded to the request, so that a
+ * small request does not scan the present bits up to a far leaf.
+ */
+static size_t
+present_next (const uint64_t *present, size_t nleaves, size_t i,
+              size_t limit)
+{
+  size_t w = i / 64;
+  uint64_t bits;
+
+  if (limit > nleaves)
+    limit = nleaves;
+  if (i >= limit)
+    return limit;
+  bits = __atomic_load_n (&present[w], __ATOMIC_ACQUIRE) &
+    (~UINT64_C (0) << (i % 64));
+  while (bits == 0) {
+    if (++w * 64 >= limit)
+      return limit;
+    bits = __atomic_load_n (&present[w], __ATOMIC_ACQUIRE);
+  }
+  i = w * 64 + __builtin_ctzll (bits);
+  return i < limit ? i : limit;
+}
+
+/* If every block of the leaf of block b has the same type for q (change
+ * maps: no layer of the set has the leaf; plain extents: the owner map
+ * has no leaf, every block is the plugin's), that type, with in *until
+ * the first block after b (at most bend) where that may stop: the start
+ * of the next leaf that a map has.  Else NOT_UNIFORM.  A leaf whose
+ * present bit is set but whose blocks are all ABSENT is not uniform here:
+ * it is answered block by block.
+ */
+static uint32_t
+leaf_uniform (const struct question *q, uint64_t b, uint64_t bend,
+              uint64_t *until)
+{
+  const size_t leaf = b >> LEAF_SHIFT;
+  const size_t limit = ((bend - 1) >> LEAF_SHIFT) + 1;  /* b < bend */
+  size_t next = limit, i;
+  uint32_t type;
+
+  if (q->diff) {
+    for (i = 0; i < q->nset && next > leaf; ++i) {
+      const struct smap *m = &q->set[i]->st;
+      next = present_next (m->present, m->nleaves, leaf, next);
+    }
+    type = NBDKIT_EXTENT_HOLE;
+  }
+  else {
+    next = present_next (q->owner->present, q->owner->nleaves, leaf, next);
+    type = ASK_PLUGIN;
+  }
+  if (next <= leaf)
+    return NOT_UNIFORM;
+  *until = min64 (bend, (uint64_t) next << LEAF_SHIFT);
+  return type;
+}
+
+/* The type of block b and in *until the end of a run of blocks from b
+ * (at most bend) known to have it: a run of uniform leaves, or b alone.
+ */
+static uint32_t
+run_type (struct question *q, uint64_t b, uint64_t bend,
+          uint64_t *until)
+{
+  uint32_t type = leaf_uniform (q, b, bend, until);
+
+  if (type != NOT_UNIFORM)
+    return type;
+  *until = b + 1;
+  return block_type (q, b);
 }
 
 /* Add the plugin's extents of [offset, end). */
@@ -87,7 +196,8 @@ extents_owner (const struct omap *owner, struct layer *target,
                struct nbdkit_extents *extents, int *err)
 {
   const uint64_t end = offset + count;
-  struct question q = { .owner = owner, .diff = base != NULL };
+  struct question q = { .owner = owner, .diff = base != NULL,
+                       .any_leaf = SIZE_MAX };
   int r = 0;
 
   if (base) {
@@ -100,16 +210,14 @@ extents_owner (const struct omap *owner, struct layer *target,
   }
 
   while (offset < end) {
-    uint64_t b = geom_block (&S.g, offset);
-    uint32_t type = block_type (&q, b);
-    uint64_t run_end = min64 (end, geom_offset (&S.g, b + 1));
+    const uint64_t bend = geom_block (&S.g, end - 1) + 1;
+    uint64_t b = geom_block (&S.g, offset), nb, next_b;
+    uint32_t type = run_type (&q, b, bend, &nb);
+    uint64_t run_end;
 
-    while (run_end < end) {
-      uint64_t nb = geom_block (&S.g, run_end);
-      if (block_type (&q, nb) != type)
-        break;
-      run_end = min64 (end, geom_offset (&S.g, nb + 1));
-    }
+    while (nb < bend && run_type (&q, nb, bend, &next_b) == type)
+      nb = next_b;
+    run_end = min64 (end, geom_offset (&S.g, nb));
 
     if (type == ASK_PLUGIN)
       r = add_plugin_extents (next, offset, run_end, extents, err);
