@@ -17,6 +17,7 @@ TESTS = \
 	tests/test-cbt-install.sh \
 	tests/test-cbt-instant.sh \
 	tests/test-cbt-ioerror.sh \
+	tests/test-cbt-list-figures.sh \
 	tests/test-cbt-model.sh \
 	tests/test-cbt-onedisk.sh \
 	tests/test-cbt-persist.sh \
