@@ -17,6 +17,7 @@ TESTS = \
 	tests/test-cbt-install.sh \
 	tests/test-cbt-instant.sh \
 	tests/test-cbt-ioerror.sh \
+	tests/test-cbt-list-figures.sh \
 	tests/test-cbt-model.sh \
 	tests/test-cbt-onedisk.sh \
 	tests/test-cbt-persist.sh \
@@ -37,6 +38,7 @@ TESTS = \
 	tests/test-freeze-concurrent.sh \
 	tests/test-freeze-end-after-close.sh \
 	tests/test-freeze-end-open-view.sh \
+	tests/test-freeze-extents.sh \
 	tests/test-freeze-nocbt.sh \
 	tests/test-freeze-one-disk.sh \
 	tests/test-freeze-parallel-open.sh \

@@ -22,50 +22,105 @@
 #include "lockscope.h"
 #include "tracker-internal.h"
 
-/* Append the JSON object of checkpoint i: its name, creation time, and
- * the blocks changed since it (the union of bitmaps i .. n-1).
- */
-void
-json_ckpt (struct jbuf *j, size_t i)
-{
-  uint64_t blocks = 0, bytes;
-  bool consistent = true;
-  size_t k, l, w, nl = sbm_nleaves (T.g.nblocks);
+/* What @cbt:list says of one checkpoint, computed by ckpt_figures. */
+struct ckpt_fig {
+  uint64_t blocks;              /* blocks changed since it */
+  bool consistent;              /* no inconsistent bitmap from it on */
+  bool last;                    /* the last (maybe short) block changed */
+};
 
-  for (k = i; k < T.ncps; ++k)
-    if (ckpt_inconsistent (T.cps[k]))
-      consistent = false;
-  /* Only the leaves some bitmap has. */
+/* The figures of checkpoints from .. T.ncps-1 into f[0 .. T.ncps-from):
+ * checkpoint k's changed blocks are the union of bitmaps k .. n-1.  One
+ * running union per leaf, from the newest bitmap to the oldest: a bit
+ * counts for checkpoint k if bitmap k or a later one has it, so each new
+ * bit found in bitmap k adds one to k and to every older checkpoint.
+ * Cost: the leaves the bitmaps have, once each (not once per older
+ * checkpoint).
+ */
+static void
+ckpt_figures (size_t from, struct ckpt_fig *f)
+{
+  const size_t n = T.ncps - from, nl = sbm_nleaves (T.g.nblocks);
+  const uint64_t last = T.g.nblocks - 1;
+  uint64_t u[LEAF_WORDS];
+  size_t k, l, w;
+
+  for (k = n; k-- > 0;) {
+    f[k].blocks = 0;
+    f[k].consistent = !ckpt_inconsistent (T.cps[from + k]) &&
+      (k + 1 == n || f[k + 1].consistent);
+    f[k].last = T.g.nblocks &&
+      (sbm_get (&T.cps[from + k]->bits, last) || (k + 1 < n && f[k + 1].last));
+  }
   for (l = 0; l < nl; ++l) {
+    uint64_t count = 0;         /* blocks of the union of this leaf so far */
     bool any = false;
-    for (k = i; k < T.ncps && !any; ++k)
+
+    for (k = from; k < T.ncps && !any; ++k)
       any = sbm_leaf (&T.cps[k]->bits, l) != NULL;
     if (!any)
       continue;
-    for (w = 0; w < LEAF_WORDS; ++w) {
-      uint64_t v = 0;
-      for (k = i; k < T.ncps; ++k)
-        v |= sbm_word (&T.cps[k]->bits, l, w);
-      blocks += __builtin_popcountll (v);
+    memset (u, 0, sizeof u);
+    for (k = n; k-- > 0;) {
+      const uint64_t *leaf = sbm_leaf (&T.cps[from + k]->bits, l);
+
+      for (w = 0; leaf && w < LEAF_WORDS; ++w) {
+        uint64_t v = __atomic_load_n (&leaf[w], __ATOMIC_ACQUIRE) & ~u[w];
+        if (v) {
+          count += __builtin_popcountll (v);
+          u[w] |= v;
+        }
+      }
+      f[k].blocks += count;
     }
   }
-  bytes = blocks * T.g.block_size;
+}
+
+/* Append the JSON object of a checkpoint c with figures f: its name,
+ * creation time, and the blocks changed since it.
+ */
+static void
+json_fig (struct jbuf *j, const struct ckpt *c, const struct ckpt_fig *f)
+{
+  uint64_t bytes = f->blocks * T.g.block_size;
+
   /* The last block may be short. */
-  if (blocks) {
-    uint64_t last = T.g.nblocks - 1;
-    for (k = i; k < T.ncps; ++k)
-      if (sbm_get (&T.cps[k]->bits, last)) {
-        bytes -= T.g.block_size - geom_block_len (&T.g, last);
-        break;
-      }
-  }
+  if (f->blocks && f->last)
+    bytes -= T.g.block_size - geom_block_len (&T.g, T.g.nblocks - 1);
   jb_printf (j, "{\"name\":");
-  jb_str (j, T.cps[i]->name);
+  jb_str (j, c->name);
   jb_printf (j, ",\"created\":");
-  jb_time (j, T.cps[i]->created);
+  jb_time (j, c->created);
   jb_printf (j, ",\"consistent\":%s,\"dirty_blocks\":%" PRIu64
              ",\"dirty_bytes\":%" PRIu64 "}",
-             consistent ? "true" : "false", blocks, bytes);
+             f->consistent ? "true" : "false", f->blocks, bytes);
+}
+
+/* Append the JSON objects of checkpoints i .. n-1 (just the newest for
+ * create, all of them for list), comma-separated: each one's name,
+ * creation time, and the blocks changed since it (the union of bitmaps
+ * i .. n-1).  Out of memory: j->oom (the command fails with ENOMEM).
+ */
+void
+json_ckpts (struct jbuf *j, size_t i)
+{
+  struct ckpt_fig *f;
+  size_t k;
+
+  if (i >= T.ncps)
+    return;
+  f = calloc (T.ncps - i, sizeof *f);
+  if (f == NULL) {
+    j->oom = true;
+    return;
+  }
+  ckpt_figures (i, f);
+  for (k = i; k < T.ncps; ++k) {
+    if (k > i)
+      jb_printf (j, ",");
+    json_fig (j, T.cps[k], &f[k - i]);
+  }
+  free (f);
 }
 
 /* An error that cannot be undone (a file is in place but its directory
@@ -244,7 +299,7 @@ tracker_cmd_create (struct command *cmd, const char *name,
   nbdkit_debug ("cbt: checkpoint '%s' created", name);
   jb_printf (&cmd->body, ",\"checkpoint\":");
   ACQUIRE_RDLOCK_FOR_CURRENT_SCOPE (&T.rw);
-  json_ckpt (&cmd->body, T.ncps - 1);
+  json_ckpts (&cmd->body, T.ncps - 1);
   return 0;
 }
 
@@ -252,17 +307,12 @@ tracker_cmd_create (struct command *cmd, const char *name,
 int
 tracker_cmd_list (struct command *cmd)
 {
-  size_t i;
-
   ACQUIRE_RDLOCK_FOR_CURRENT_SCOPE (&T.rw);
   jb_printf (&cmd->body, ",\"granularity\":%" PRIu32 ",\"disk_size\":%"
              PRIu64 ",\"sync\":\"%s\",\"checkpoints\":[",
              T.g.block_size, T.g.disk_size,
              T.sync == CBT_SYNC_STRICT ? "strict" : "flush");
-  for (i = 0; i < T.ncps; ++i) {
-    if (i) jb_printf (&cmd->body, ",");
-    json_ckpt (&cmd->body, i);
-  }
+  json_ckpts (&cmd->body, 0);
   jb_printf (&cmd->body, "]");
   return 0;
 }

@@ -172,7 +172,7 @@ tracker_cmd_create_snapshot (struct command *cmd, const char *name,
   jb_printf (&cmd->body, ",\"checkpoint\":");
   {
     ACQUIRE_RDLOCK_FOR_CURRENT_SCOPE (&T.rw);
-    json_ckpt (&cmd->body, T.ncps - 1);
+    json_ckpts (&cmd->body, T.ncps - 1);
   }
   jb_printf (&cmd->body, ",\"snapshot\":%s", a.snapshot ? a.snapshot
              : "null");

@@ -227,8 +227,10 @@ int push_ckpt (struct command *cmd, struct ckpt *c)
  */
 int remove_ckpt (struct command *cmd, size_t i, struct ckpt **prev)
   __attribute__ ((nonnull (1, 3)));
-/* Append the JSON object of checkpoint i (list locked). */
-void json_ckpt (struct jbuf *j, size_t i) __attribute__ ((nonnull (1)));
+/* Append the JSON objects of checkpoints i .. n-1, comma-separated
+ * (list locked); out of memory sets j->oom.
+ */
+void json_ckpts (struct jbuf *j, size_t i) __attribute__ ((nonnull (1)));
 
 /* state.c: the state file. */
 

@@ -81,6 +81,30 @@ extent_at (struct nbdkit_extents *e, size_t *i, uint64_t pos)
   }
 }
 
+/* The first block in [b, lim) whose saved bit is not val, or lim: the
+ * end of the run of saved (val) or unsaved (!val) blocks from b.  A word
+ * (64 blocks) at a time.
+ */
+static uint64_t
+saved_run_end (const struct bitset *saved, uint64_t b, uint64_t lim, bool val)
+{
+  while (b < lim) {
+    uint64_t w = __atomic_load_n (&saved->words[b >> 6], __ATOMIC_ACQUIRE);
+
+    if (val)
+      w = ~w;
+    w >>= b & 63;               /* the bits from b to the word's end */
+    if (w)
+      return min64 (lim, b + __builtin_ctzll (w));
+    b = (b | 63) + 1;
+  }
+  return lim;
+}
+
+/* Extents of the view: in runs, not block by block.  A run of saved
+ * blocks is one data extent; between saved blocks the extents below (or
+ * of the change map) pass through as they are.
+ */
 int
 points_extents (struct point *p, nbdkit_next *next, nbdkit_next *changes,
                 uint32_t count, uint64_t offset, uint32_t flags,
@@ -104,11 +128,9 @@ points_extents (struct point *p, nbdkit_next *next, nbdkit_next *changes,
     goto out;
 
   while (pos < end) {
-    uint64_t b = geom_block (&P.g, pos);
-    struct nbdkit_extent f = extent_at (fe, &fi, pos);
-    uint64_t seg_end = min64 (end, min64 (f.offset + f.length,
-                                          geom_offset (&P.g, b + 1)));
+    uint64_t seg_end = end, b, run;
     uint32_t type;
+    bool saved;
 
     if (ce) {
       struct nbdkit_extent c = extent_at (ce, &ci, pos);
@@ -118,12 +140,26 @@ points_extents (struct point *p, nbdkit_next *next, nbdkit_next *changes,
         goto add;
       }
     }
-    if (bitset_get_atomic (&p->saved, b))
+    /* The blocks [b, run) that [pos, seg_end) meets, all saved or all
+     * not.
+     */
+    b = geom_block (&P.g, pos);
+    saved = bitset_get_atomic (&p->saved, b);
+    if (seg_end > pos) {
+      run = saved_run_end (&p->saved, b + 1,
+                           geom_block (&P.g, seg_end - 1) + 1, saved);
+      seg_end = min64 (seg_end, geom_offset (&P.g, run));
+    }
+    if (saved)
       type = 0;
-    else if (ce)
-      type = (f.type & NBDKIT_EXTENT_ZERO) ? NBDKIT_EXTENT_ZERO : 0;
-    else
-      type = f.type;
+    else {
+      struct nbdkit_extent f = extent_at (fe, &fi, pos);
+      seg_end = min64 (seg_end, f.offset + f.length);
+      if (ce)
+        type = (f.type & NBDKIT_EXTENT_ZERO) ? NBDKIT_EXTENT_ZERO : 0;
+      else
+        type = f.type;
+    }
   add:
     if (seg_end <= pos)
       seg_end = min64 (end, pos + 1);   /* defensive: always progress */
