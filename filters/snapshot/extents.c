@@ -84,32 +84,6 @@ block_type (struct question *q, uint64_t b)
 
 #define NOT_UNIFORM (UINT32_MAX - 1)
 
-/* The first leaf in [i, limit) whose present bit is set, or limit
- * (limit <= nleaves).  sparse_next bounded to the request, so that a
- * small request does not scan the present bits up to a far leaf.
- */
-static size_t
-present_next (const uint64_t *present, size_t nleaves, size_t i,
-              size_t limit)
-{
-  size_t w = i / 64;
-  uint64_t bits;
-
-  if (limit > nleaves)
-    limit = nleaves;
-  if (i >= limit)
-    return limit;
-  bits = __atomic_load_n (&present[w], __ATOMIC_ACQUIRE) &
-    (~UINT64_C (0) << (i % 64));
-  while (bits == 0) {
-    if (++w * 64 >= limit)
-      return limit;
-    bits = __atomic_load_n (&present[w], __ATOMIC_ACQUIRE);
-  }
-  i = w * 64 + __builtin_ctzll (bits);
-  return i < limit ? i : limit;
-}
-
 /* If every block of the leaf of block b has the same type for q (change
  * maps: no layer of the set has the leaf; plain extents: the owner map
  * has no leaf, every block is the plugin's), that type, with in *until
@@ -130,12 +104,12 @@ leaf_uniform (const struct question *q, uint64_t b, uint64_t bend,
   if (q->diff) {
     for (i = 0; i < q->nset && next > leaf; ++i) {
       const struct smap *m = &q->set[i]->st;
-      next = present_next (m->present, m->nleaves, leaf, next);
+      next = sparse_next_before (m->present, m->nleaves, leaf, next);
     }
     type = NBDKIT_EXTENT_HOLE;
   }
   else {
-    next = present_next (q->owner->present, q->owner->nleaves, leaf, next);
+    next = sparse_next_before (q->owner->present, q->owner->nleaves, leaf, next);
     type = ASK_PLUGIN;
   }
   if (next <= leaf)

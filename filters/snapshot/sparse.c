@@ -29,22 +29,31 @@ top_free (void *p, size_t n)
 }
 
 size_t
-sparse_next (const uint64_t *present, size_t nleaves, size_t i)
+sparse_next_before (const uint64_t *present, size_t nleaves, size_t i,
+                    size_t limit)
 {
   size_t w = i / 64;
   uint64_t bits;
 
-  if (i >= nleaves)
-    return nleaves;
+  if (limit > nleaves)
+    limit = nleaves;
+  if (i >= limit)
+    return limit;
   bits = __atomic_load_n (&present[w], __ATOMIC_ACQUIRE) &
     (~UINT64_C (0) << (i % 64));
   while (bits == 0) {
-    if (++w * 64 >= nleaves)
-      return nleaves;
+    if (++w * 64 >= limit)
+      return limit;
     bits = __atomic_load_n (&present[w], __ATOMIC_ACQUIRE);
   }
   i = w * 64 + __builtin_ctzll (bits);
-  return i < nleaves ? i : nleaves;
+  return i < limit ? i : limit;
+}
+
+size_t
+sparse_next (const uint64_t *present, size_t nleaves, size_t i)
+{
+  return sparse_next_before (present, nleaves, i, nleaves);
 }
 
 /* The present bits of n leaves (zeroed), or NULL. */

@@ -53,6 +53,11 @@ struct omap {
  * i = sparse_next (m->present, m->nleaves, i + 1)).
  */
 size_t sparse_next (const uint64_t *present, size_t nleaves, size_t i);
+/* The same, looking no further than limit: the first present leaf in
+ * [i, min (limit, nleaves)), or that bound.
+ */
+size_t sparse_next_before (const uint64_t *present, size_t nleaves,
+                           size_t i, size_t limit);
 
 /* The number of leaves of a disk of nblocks blocks. */
 static inline size_t
