@@ -42,39 +42,22 @@ printf '%-10s %-6s %7s %7s %8s %8s %7s %7s %8s %8s\n' \
     what size start rss create max list revert state meta
 
 for size in "$@"; do
-    /usr/bin/python3 - "$FILTER" "$size" "$work" "$SNAPS" "$WMIB" <<'PY'
+    PYTHONPATH="$top/bench" /usr/bin/python3 - "$FILTER" "$size" "$work" "$SNAPS" "$WMIB" <<'PY'
 import os, sys, time, subprocess, statistics, nbd, json
+import benchlib
 flt, size, work, snaps, wmib = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 d = os.path.join(work, "snap-" + size); sock = os.path.join(work, "sock")
 def start():
-    t0 = time.monotonic()
-    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, "--filter=" + flt,
-                          "memory", size, "snapshot-dir=" + d],
-                         stderr=open(os.path.join(work, "log"), "a"))
-    while True:
-        try:
-            h = nbd.NBD(); h.connect_unix(sock); h.pread(512, 0)
-            return p, h, time.monotonic() - t0
-        except nbd.Error:
-            if p.poll() is not None: sys.exit("nbdkit exited")
-            time.sleep(0.002)
+    return benchlib.start(["--filter=" + flt, "memory", size,
+                           "snapshot-dir=" + d], sock,
+                          os.path.join(work, "log"))
 def stop(p, h):
     h.shutdown(); p.terminate(); p.wait()
     try: os.unlink(sock)
     except FileNotFoundError: pass
 def cmd(c):
-    # Round trip of the last try (EBUSY: a closed connection not yet gone).
-    for i in range(100):
-        t0 = time.monotonic()
-        h = nbd.NBD(); h.set_export_name(c); h.connect_unix(sock)
-        n = h.get_size(); r = json.loads(h.pread(n, 0)); h.shutdown()
-        if r.get("errno") != "EBUSY": break
-        time.sleep(0.05)
-    if not r.get("ok"): sys.exit("%s: %s" % (c, r))
-    return (time.monotonic() - t0) * 1000
-def rss(p):
-    for l in open("/proc/%d/status" % p.pid):
-        if l.startswith("VmRSS:"): return int(l.split()[1]) / 1024
+    return benchlib.cmd(sock, c)
+rss = benchlib.rss
 def du(path, meta):
     t = 0
     for f in os.listdir(path):

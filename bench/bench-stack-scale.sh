@@ -82,42 +82,25 @@ for sc in "$@"; do
     size=${sc%%:*}; wmib=${sc#*:}
     rm -rf "$work"/{snap,cbt,frz,repo,sock,*.qcow2}
     mkdir -p "$work/snap" "$work/cbt" "$work/frz"
-    /usr/bin/python3 - "$SF" "$CF" "$FF" "$NBDSNAP" "$size" "$wmib" "$work" \
+    PYTHONPATH="$top/bench" /usr/bin/python3 - "$SF" "$CF" "$FF" "$NBDSNAP" "$size" "$wmib" "$work" \
         "$SNAPS" "$CKPTS" "$PLUGIN" <<'PY' || echo "# $sc: stack run failed (log: see stderr)"
 import os, sys, time, subprocess, statistics, json, nbd
+import benchlib
 sf, cf, ff, nbdsnap, size, wmib, work, snaps, ckpts, plugin = sys.argv[1:11]
 wmib, snaps, ckpts = int(wmib), int(snaps), int(ckpts)
 sock = os.path.join(work, "sock"); log = os.path.join(work, "log")
 sd, cd, fd = (os.path.join(work, x) for x in ("snap", "cbt", "frz"))
 def start():
     if os.path.exists(sock): os.unlink(sock)
-    t0 = time.monotonic()
-    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, "--filter=" + ff,
-                          "--filter=" + cf, "--filter=" + sf, plugin, size,
-                          "freeze-dir=" + fd, "cbt-dir=" + cd,
-                          "snapshot-dir=" + sd], stderr=open(log, "a"))
-    while True:
-        try:
-            h = nbd.NBD(); h.connect_unix(sock); h.pread(512, 0)
-            return p, h, time.monotonic() - t0
-        except nbd.Error:
-            if p.poll() is not None: sys.exit("nbdkit exited: " + open(log).read()[-2000:])
-            time.sleep(0.002)
+    return benchlib.start(["--filter=" + ff, "--filter=" + cf,
+                           "--filter=" + sf, plugin, size,
+                           "freeze-dir=" + fd, "cbt-dir=" + cd,
+                           "snapshot-dir=" + sd], sock, log)
 def stop(p):
     p.terminate(); p.wait()
 def cmd(c):
-    # The round trip of the last try (EBUSY: a closed connection not yet gone).
-    for i in range(100):
-        t0 = time.monotonic()
-        h = nbd.NBD(); h.set_export_name(c); h.connect_unix(sock)
-        n = h.get_size(); r = json.loads(h.pread(n, 0)); h.shutdown()
-        if r.get("errno") != "EBUSY": break
-        time.sleep(0.05)
-    if not r.get("ok"): sys.exit("%s: %s" % (c, r))
-    return (time.monotonic() - t0) * 1000
-def rss(p):
-    for l in open("/proc/%d/status" % p.pid):
-        if l.startswith("VmRSS:"): return int(l.split()[1]) / 1024
+    return benchlib.cmd(sock, c)
+rss = benchlib.rss
 def du(path, skip_data=False):
     t = 0
     for dp, dn, fn in os.walk(path):
