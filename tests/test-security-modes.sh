@@ -110,6 +110,10 @@ refuses_start || fail "started with a planted probe link"
 victim_intact "probe"
 rm "$d/snap/.nbdsnap-probe"
 start_server srv "${stack_args[@]}"
+# The filters remove stale *.tmp files in .after_fork, which may run
+# after the socket appears (slowly under ASan): a served request proves
+# it has run, so the links planted next are not swept away by it.
+"$N" snapshot list "$U" >/dev/null
 plant_tmp "$d/snap/state.tmp"
 plant_tmp "$d/cbt/state.tmp"
 st=0; "$N" snapshot create "$U" s2 >/dev/null 2>"$tmpdir/err" || st=$?
