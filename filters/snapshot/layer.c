@@ -215,50 +215,82 @@ layer_unlink (int dirfd, uint64_t id)
   unlinkat (dirfd, name, 0);
 }
 
-/* Background frees still running: the filter must not be unloaded
- * while one of their threads runs its code (layer_wait_background).
+/* Background frees: one worker thread, started at the first free and
+ * joined at unload.  A detached thread per free could still be running
+ * the filter's code (returning from its function) after signalling that
+ * it was done, and nbdkit unloads the filter with dlclose: a crash at
+ * exit, seen once as a SIGSEGV on SIGTERM.  pthread_join returns only
+ * once the worker has left our code.
  */
 static pthread_mutex_t bg_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t bg_done = PTHREAD_COND_INITIALIZER;
-static unsigned bg_running;
+static pthread_cond_t bg_cond = PTHREAD_COND_INITIALIZER;
+static struct layer *bg_head;   /* layers waiting to be freed */
+static bool bg_started, bg_stop;
+static pid_t bg_pid;            /* the process the worker runs in */
+static pthread_t bg_tid;
 
-/* Thread of layer_free_background. */
 static void *
-free_thread (void *l)
+free_worker (void *arg)
 {
-  layer_free (l);
+  struct layer *l;
+
+  (void) arg;
   pthread_mutex_lock (&bg_lock);
-  if (--bg_running == 0)
-    pthread_cond_broadcast (&bg_done);
+  for (;;) {
+    while (bg_head == NULL && !bg_stop)
+      pthread_cond_wait (&bg_cond, &bg_lock);
+    if (bg_head == NULL)
+      break;
+    l = bg_head;
+    bg_head = l->bg_next;
+    pthread_mutex_unlock (&bg_lock);
+    layer_free (l);
+    pthread_mutex_lock (&bg_lock);
+  }
   pthread_mutex_unlock (&bg_lock);
   return NULL;
 }
 
-/* Free a layer in a detached thread. */
+/* Free a layer on the worker thread (here if it cannot be started, or
+ * in a process forked after it was: threads do not survive fork).
+ */
 void
 layer_free_background (struct layer *l)
 {
-  pthread_t t;
-  pthread_attr_t a;
-
   pthread_mutex_lock (&bg_lock);
-  bg_running++;
+  if (bg_started && bg_pid != getpid ())
+    goto inline_free;
+  if (!bg_started) {
+    if (bg_stop || pthread_create (&bg_tid, NULL, free_worker, NULL) != 0)
+      goto inline_free;
+    bg_started = true;
+    bg_pid = getpid ();
+  }
+  l->bg_next = bg_head;
+  bg_head = l;
+  pthread_cond_signal (&bg_cond);
   pthread_mutex_unlock (&bg_lock);
-  pthread_attr_init (&a);
-  pthread_attr_setdetachstate (&a, PTHREAD_CREATE_DETACHED);
-  if (pthread_create (&t, &a, free_thread, l) != 0)
-    free_thread (l);
-  pthread_attr_destroy (&a);
+  return;
+
+ inline_free:
+  pthread_mutex_unlock (&bg_lock);
+  layer_free (l);
 }
 
-/* Wait until every background free has finished. */
+/* Let the worker free what is queued, then wait until it has exited. */
 void
 layer_wait_background (void)
 {
+  bool join;
+
   pthread_mutex_lock (&bg_lock);
-  while (bg_running > 0)
-    pthread_cond_wait (&bg_done, &bg_lock);
+  bg_stop = true;
+  join = bg_started && bg_pid == getpid ();
+  bg_started = false;
+  pthread_cond_signal (&bg_cond);
   pthread_mutex_unlock (&bg_lock);
+  if (join)
+    pthread_join (bg_tid, NULL);
 }
 
 /* Close the data file of a saved layer, checking the close. */

@@ -36,6 +36,7 @@ struct layer {
   uint64_t saved_gen;           /* gen last written to the map file */
   pthread_mutex_t save_lock;    /* held around layer_save */
   unsigned refs;                /* table + open views (store lock) */
+  struct layer *bg_next;        /* queue of layer_free_background */
 };
 
 /* Allocate a layer and open (create if create) its data file.  NULL
@@ -85,12 +86,14 @@ void layer_free (struct layer *l);
  */
 int layer_close (struct layer *l) __attribute__ ((nonnull (1)));
 
-/* The same in a detached thread: closing the last descriptor of an
+/* The same on a background thread: closing the last descriptor of an
  * unlinked data file frees its blocks, which takes time in proportion to
  * the data and must not stall a revert.
  */
 void layer_free_background (struct layer *l);
-/* Wait until every layer_free_background has finished (before unload). */
+/* Free what layer_free_background queued and join its thread (at
+ * unload; later calls free in the caller's thread).
+ */
 void layer_wait_background (void);
 
 /* File names of a layer. */
