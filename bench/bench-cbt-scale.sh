@@ -8,7 +8,7 @@
 # what is written) under the cbt filter alone, default granularity
 # (64K), cbt-sync=flush, cbt-dir on BENCH_TMPDIR (a real file system):
 #   start0     start-up with an empty cbt-dir: nbdkit launched until the
-#              first NBD connection is served
+#              first read of the disk is answered (bench/benchlib.py)
 #   rss0       nbdkit's VmRSS then (kB)
 #   create     @cbt:create/Ci, NCKPT times; between two, WRITE_MB MiB
 #              are written (write-zeroes requests, which the cbt filter
@@ -63,9 +63,10 @@ printf '%-5s %8s %8s %9s %8s %8s %9s %9s %9s %8s %8s %10s %10s %10s %10s\n' \
 
 for size in "${sizes[@]}"; do
     rm -rf "$work/cbt" "$work/sock"
-    $PY - "$FILTER" "$size" "$work" "$NCKPT" "$WRITE_MB" <<'EOF'
+    PYTHONPATH="$top/bench" $PY - "$FILTER" "$size" "$work" "$NCKPT" "$WRITE_MB" <<'EOF'
 import json, os, subprocess, sys, time, statistics
 import nbd
+import benchlib
 
 flt, size, work, nckpt, write_mb = sys.argv[1:6]
 nckpt = int(nckpt); write_mb = int(write_mb)
@@ -75,39 +76,20 @@ cbtdir = os.path.join(work, "cbt")
 def start():
     if os.path.exists(sock):
         os.unlink(sock)
-    t0 = time.monotonic()
-    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, "--filter=" + flt,
-                          "memory", size, "cbt-dir=" + cbtdir],
-                         stderr=open(os.path.join(work, "log"), "a"))
-    while True:
-        if p.poll() is not None:
-            sys.exit("nbdkit exited: " + open(os.path.join(work, "log")).read())
-        if os.path.exists(sock):
-            try:
-                h = nbd.NBD(); h.connect_unix(sock); h.shutdown()
-                break
-            except nbd.Error:
-                pass
-        time.sleep(0.002)
-    return p, time.monotonic() - t0
+    p, h, t = benchlib.start(["--filter=" + flt, "memory", size,
+                              "cbt-dir=" + cbtdir], sock,
+                             os.path.join(work, "log"))
+    h.shutdown()
+    return p, t
 
 def stop(p):
     p.terminate(); p.wait()
 
 def rss(p):
-    for line in open("/proc/%d/status" % p.pid):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    return int(benchlib.rss(p) * 1024)          # kB
 
 def cmd(name):
-    t0 = time.monotonic()
-    h = nbd.NBD(); h.set_export_name(name); h.connect_unix(sock)
-    n = h.get_size(); data = h.pread(n, 0); h.shutdown()
-    dt = time.monotonic() - t0
-    j = json.loads(data)
-    if not j.get("ok"):
-        sys.exit("%s: %s" % (name, data))
-    return dt, j
+    return benchlib.cmd(sock, name) / 1000, None
 
 def mapread(name):
     t0 = time.monotonic()

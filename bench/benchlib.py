@@ -1,4 +1,5 @@
-"""Helpers the scale benchmarks share (bench-scale.sh, bench-stack-scale.sh):
+"""Helpers the scale benchmarks share (bench-scale.sh, bench-stack-scale.sh,
+bench-cbt-scale.sh):
 start nbdkit and time it to the first answered read, time an in-band
 command's round trip, read a process's resident memory."""
 import json
