@@ -16,6 +16,7 @@
 #include <nbdkit-filter.h>
 
 #include "fileio.h"
+#include "ldata.h"
 #include "lockscope.h"
 #include "partial.h"
 #include "store-internal.h"
@@ -67,7 +68,7 @@ read_owner (const struct view *v, const struct omap *owner,
                       offset - geom_offset (&S.g, b), len, err) == -1)
         return -1;
     }
-    else if (pread_sparse (S.slots[o]->fd, buf, len, offset) == -1) {
+    else if (ldata_pread (S.slots[o], buf, len, offset) == -1) {
       *err = errno;
       nbdkit_error ("snapshot: read layer %" PRIu64 ": %m", S.slots[o]->id);
       return -1;
@@ -136,7 +137,7 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
      */
     for (b = b0; b < b0 + nb; ++b) {
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE (stripe (b));
-      if (buf && pwrite_full (a->fd, buf + ((b - b0) << S.g.shift),
+      if (buf && ldata_pwrite (a, buf + ((b - b0) << S.g.shift),
                               geom_block_len (&S.g, b),
                               geom_offset (&S.g, b)) == -1) {
         *err = errno;
@@ -152,14 +153,13 @@ write_blocks (const char *buf, uint64_t b0, uint64_t nb, int *err)
   }
 
   if (buf) {
-    if (pwrite_full (a->fd, buf, len, off) == -1) {
+    if (ldata_pwrite (a, buf, len, off) == -1) {
       *err = errno;
       nbdkit_error ("snapshot: write: %m");
       r = -1;
     }
   }
-  else if (fallocate (a->fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE,
-                      off, len) == -1 &&
+  else if (ldata_punch (a, off, len) == -1 &&
            errno != EOPNOTSUPP && errno != ENOSYS) {
     /* Giving the space back is all the punch is for (the state says
      * "zero" whatever is there), but a file system that fails it may
@@ -199,7 +199,7 @@ rmw_locked (nbdkit_next *next, uint64_t b, uint64_t boff, uint64_t n,
     memcpy (tmp + boff, src, n);
   else
     memset (tmp + boff, 0, n);
-  if (pwrite_full (a->fd, tmp, bl, off) == -1) {
+  if (ldata_pwrite (a, tmp, bl, off) == -1) {
     *err = errno;
     nbdkit_error ("snapshot: write: %m");
     return -1;

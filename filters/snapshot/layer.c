@@ -11,6 +11,7 @@
 #include "binhdr.h"
 #include "fileio.h"
 #include "layer.h"
+#include "ldata.h"
 #include "mapfile.h"
 #include "statefile.h"
 
@@ -34,14 +35,12 @@ layer_map_name (uint64_t id, char *buf, size_t len)
   snprintf (buf, len, "layer-%" PRIu64 ".map", id);
 }
 
-/* Allocate a layer and open (create if create) its data file. */
+/* Allocate a layer and open (create if create) its data files. */
 struct layer *
 layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
             char *why, size_t whylen)
 {
   struct layer *l;
-  char name[64];
-  int flags = O_RDWR|O_NOFOLLOW|O_CLOEXEC;
 
   l = calloc (1, sizeof *l);
   if (l == NULL) {
@@ -50,7 +49,6 @@ layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
     return NULL;
   }
   l->id = id;
-  l->fd = -1;
   l->refs = 1;
   pthread_mutex_init (&l->save_lock, NULL);
   if (smap_init (&l->st, g->nblocks) == -1 ||
@@ -63,13 +61,10 @@ layer_open (int dirfd, uint64_t id, const struct geom *g, bool create,
     errno = ENOMEM;
     return NULL;
   }
-  layer_data_name (id, name, sizeof name);
-  if (create)
-    flags |= O_CREAT|O_TRUNC;
-  l->fd = openat (dirfd, name, flags, 0600);
-  if (l->fd == -1) {
+  if (ldata_open (dirfd, l, create, why, whylen) == -1) {
     int e = errno;
-    snprintf (why, whylen, "%s: %s", name, strerror (e));
+    if (create)
+      ldata_unlink (dirfd, id);
     layer_free (l);
     errno = e;
     return NULL;
@@ -147,7 +142,7 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
   layer_data_name (l->id, name, sizeof name);
   if (!force && gen == l->saved_gen) {
     /* The map on disk is current; only the data may need syncing. */
-    if (fdatasync (l->fd) == -1) {
+    if (ldata_sync (l) == -1) {
       snprintf (what, whatlen, "fdatasync %s", name);
       return -2;
     }
@@ -167,7 +162,7 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
   hdr.payload_len = len - BINHDR_SIZE;
   memcpy (hdr.magic, MAP_MAGIC, 8);
   binhdr_put (buf, &hdr);
-  if (fdatasync (l->fd) == -1) {
+  if (ldata_sync (l) == -1) {
     snprintf (what, whatlen, "fdatasync %s", name);
     r = -2;
     goto out;
@@ -211,8 +206,7 @@ layer_unlink (int dirfd, uint64_t id)
 
   layer_map_name (id, name, sizeof name);
   unlinkat (dirfd, name, 0);
-  layer_data_name (id, name, sizeof name);
-  unlinkat (dirfd, name, 0);
+  ldata_unlink (dirfd, id);
 }
 
 /* Background frees: one worker thread, started at the first free and
@@ -293,24 +287,20 @@ layer_wait_background (void)
     pthread_join (bg_tid, NULL);
 }
 
-/* Close the data file of a saved layer, checking the close. */
+/* Close the data files of a saved layer, checking the closes. */
 int
 layer_close (struct layer *l)
 {
-  int fd = l->fd;
-
-  l->fd = -1;
-  return fd >= 0 ? close_written (fd) : 0;
+  return ldata_close (l);
 }
 
-/* Close the data file and free the layer. */
+/* Close the data files and free the layer. */
 void
 layer_free (struct layer *l)
 {
   if (l == NULL)
     return;
-  if (l->fd >= 0)
-    close (l->fd);
+  ldata_close_quietly (l);
   smap_free (&l->st);
   omap_free (&l->pmask);
   pthread_mutex_destroy (&l->save_lock);

@@ -1,7 +1,7 @@
 /* nbdsnap snapshot filter: one copy-on-write layer.
  *
- * A layer is a sparse data file (block N at byte N * block_size) plus a
- * 2-bit state per block (absent / data / zero / partial), and a sector
+ * A layer is sparse data (block N at byte N * block_size, in one file
+ * or in segments: ldata.h) plus a 2-bit state per block (absent / data / zero / partial), and a sector
  * mask per partial block (partial.h), persisted as a map file.
  * Frozen layers are snapshots; exactly one layer, the active layer,
  * takes writes.  See docs/snapshot-format.md for the bytes on disk.
@@ -28,7 +28,9 @@ struct layer {
   bool active;                  /* the layer taking writes */
   bool deleting;                /* being merged into its children */
   bool detached;                /* removed from the table, freed at refs 0 */
-  int fd;                       /* data file */
+  int *fds;                     /* data files, one per segment (ldata.h) */
+  unsigned nseg;                /* how many */
+  unsigned seg_shift;           /* log2 (segment size); 0: one file */
   struct smap st;              /* per-block states (sparse) */
   struct omap pmask;            /* sector masks of PARTIAL blocks */
   uint64_t held;                /* atomic: blocks not ABSENT */
@@ -78,10 +80,10 @@ layer_touch (struct layer *l)
 /* Remove a layer's files (data, map). */
 void layer_unlink (int dirfd, uint64_t id);
 
-/* Close the data file and free the layer. */
+/* Close the data files and free the layer. */
 void layer_free (struct layer *l);
 
-/* Close the data file of a layer that was saved (its close can report a
+/* Close the data files of a layer that was saved (a close can report a
  * write error nothing else did).  -1 and errno.
  */
 int layer_close (struct layer *l) __attribute__ ((nonnull (1)));

@@ -17,6 +17,7 @@
 
 #include "fileio.h"
 #include "gate.h"
+#include "ldata.h"
 #include "lockscope.h"
 #include "partial.h"
 #include "store-internal.h"
@@ -58,12 +59,12 @@ copy_block (struct layer *l, struct layer *c, uint64_t b, unsigned st,
   }
   else {
     if (st == BSTATE_DATA) {
-      if (pread_sparse (l->fd, buf, bl, off) == -1) {
+      if (ldata_pread (l, buf, bl, off) == -1) {
         snprintf (why, whylen, "reading layer %" PRIu64 ": %s", l->id,
                   strerror (errno));
         return -1;
       }
-      if (pwrite_full (c->fd, buf, bl, off) == -1) {
+      if (ldata_pwrite (c, buf, bl, off) == -1) {
         snprintf (why, whylen, "writing layer %" PRIu64 ": %s", c->id,
                   strerror (errno));
         return -1;

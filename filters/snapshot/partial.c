@@ -9,6 +9,7 @@
 #include <nbdkit-filter.h>
 
 #include "fileio.h"
+#include "ldata.h"
 #include "partial.h"
 
 /* The layer under l in the chain v reads; *i: l's index in the chain a
@@ -77,7 +78,7 @@ chain_read (const struct view *v, struct layer *l, nbdkit_next *next,
     }
     else if (kind == BSTATE_ZERO)
       memset (buf, 0, n);
-    else if (pread_sparse (p->fd, buf, n, off0 + boff) == -1) {
+    else if (ldata_pread (p, buf, n, off0 + boff) == -1) {
       *err = errno;
       nbdkit_error ("snapshot: read layer %" PRIu64 ": %m", p->id);
       return -1;
@@ -98,7 +99,7 @@ active_write (uint64_t b, uint64_t boff, uint64_t n, const char *src,
 
   while (n > 0) {
     uint64_t len = src ? n : min64 (n, sizeof zeroes);
-    if (pwrite_full (a->fd, src ? src : zeroes, len, off) == -1) {
+    if (ldata_pwrite (a, src ? src : zeroes, len, off) == -1) {
       *err = errno;
       nbdkit_error ("snapshot: write: %m");
       return -1;
@@ -239,12 +240,12 @@ partial_merge (struct layer *l, unsigned st, struct layer *c, unsigned cst,
     lo = (uint64_t) s << sh;
     hi = min64 ((uint64_t) e << sh, bl);
     if (st != BSTATE_ZERO &&
-        pread_sparse (l->fd, buf + lo, hi - lo, off0 + lo) == -1) {
+        ldata_pread (l, buf + lo, hi - lo, off0 + lo) == -1) {
       snprintf (why, whylen, "reading layer %" PRIu64 ": %s", l->id,
                 strerror (errno));
       return -1;
     }
-    if (pwrite_full (c->fd, buf + lo, hi - lo, off0 + lo) == -1) {
+    if (ldata_pwrite (c, buf + lo, hi - lo, off0 + lo) == -1) {
       snprintf (why, whylen, "writing layer %" PRIu64 ": %s", c->id,
                 strerror (errno));
       return -1;

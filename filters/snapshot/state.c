@@ -19,13 +19,15 @@
 
 #include "json.h"
 #include "kvtext.h"
+#include "ldata.h"
 #include "lockscope.h"
 #include "statedir.h"
 #include "store-internal.h"
 
 #define STATE_NAME "state"
 #define STATE_MAGIC "nbdsnap-snapshot-state"
-#define STATE_VERSION 1
+#define STATE_VERSION 1          /* one data file per layer */
+#define STATE_VERSION_SEG 2      /* data in segments: data-segment-size */
 
 /* What to do about a damaged directory. */
 #define FIX "restore the directory from a backup, or start with an " \
@@ -46,7 +48,11 @@ save_state (void)
     return -1;
   }
   jb_printf (&j, "%s\nversion %d\ndisk-size %" PRIu64 "\nblock-size %u\n",
-             STATE_MAGIC, STATE_VERSION, S.g.disk_size, S.g.block_size);
+             STATE_MAGIC, ldata_layout.seg_shift ? STATE_VERSION_SEG :
+             STATE_VERSION, S.g.disk_size, S.g.block_size);
+  if (ldata_layout.seg_shift)
+    jb_printf (&j, "data-segment-size %" PRIu64 "\n",
+               UINT64_C (1) << ldata_layout.seg_shift);
   hex_encode (S.fp, SHA256_LEN, hex);
   jb_printf (&j, "fingerprint %s\nnext-id %" PRIu64 "\n", hex, S.next_id);
   /* In id order: a parent always has a smaller id than its children. */
@@ -119,6 +125,7 @@ struct parsed_layer {
 struct parsed_state {
   uint64_t disk_size, next_id;
   uint32_t block_size;
+  unsigned seg_shift;           /* log2 (data-segment-size); 0: none */
   uint8_t fp[SHA256_LEN];
   struct parsed_layer *layers;
   size_t nlayers;
@@ -191,9 +198,11 @@ parse_state (char *text, size_t len, struct parsed_state *ps)
     return refuse ("%s: %s; %s", STATE_NAME, why, FIX);
   if ((v = expect (&kv, "version")) == NULL)
     return -1;
-  if (kv_u32 (v, &version) == -1 || version != STATE_VERSION)
+  if (kv_u32 (v, &version) == -1 ||
+      (version != STATE_VERSION && version != STATE_VERSION_SEG))
     return refuse ("%s: state version %s is not supported by this nbdsnap "
-                   "(supports %d)", STATE_NAME, v, STATE_VERSION);
+                   "(supports %d and %d)", STATE_NAME, v, STATE_VERSION,
+                   STATE_VERSION_SEG);
   if ((v = expect (&kv, "disk-size")) == NULL)
     return -1;
   if (kv_u64 (v, &ps->disk_size) == -1)
@@ -202,6 +211,18 @@ parse_state (char *text, size_t len, struct parsed_state *ps)
     return -1;
   if (kv_u32 (v, &ps->block_size) == -1)
     return malformed (&kv, "block-size");
+  ps->seg_shift = 0;
+  if (version == STATE_VERSION_SEG) {
+    uint64_t seg;
+
+    if ((v = expect (&kv, "data-segment-size")) == NULL)
+      return -1;
+    if (kv_u64 (v, &seg) == -1 || seg < ps->block_size ||
+        (seg & (seg - 1)) != 0 || seg > (UINT64_C (1) << 62) ||
+        ldata_set_layout (__builtin_ctzll (seg), ps->disk_size) == -1)
+      return malformed (&kv, "data-segment-size");
+    ps->seg_shift = __builtin_ctzll (seg);
+  }
   if ((v = expect (&kv, "fingerprint")) == NULL)
     return -1;
   if (strlen (v) != 2 * SHA256_LEN || hex_decode (v, ps->fp, SHA256_LEN) == -1)
@@ -314,6 +335,31 @@ check_layers (const struct parsed_state *ps)
   return 0;
 }
 
+/* Say so when the file system cannot hold the largest data file this
+ * directory needs (one made on another file system, or by an nbdsnap
+ * that kept the data of a large disk in one file): writes past its
+ * limit fail, each on its own, with ENOSPC.  Not a refusal: the
+ * snapshots can still be read and copied out.
+ */
+static void
+warn_file_size (void)
+{
+  uint64_t need = ldata_layout.seg_shift ?
+    UINT64_C (1) << ldata_layout.seg_shift : S.g.disk_size;
+  char d[160];
+
+  if (ldata_fits (S.dirfd, need) != 0)
+    return;                     /* it fits, or could not be probed */
+  ldata_describe (S.g.disk_size, ldata_layout.seg_shift, d, sizeof d);
+  nbdkit_error ("snapshot-dir %s: warning: it keeps %s, but its file "
+                "system cannot hold a file of %" PRIu64 " bytes: writes "
+                "to the disk past that limit will fail (ENOSPC). Copy the "
+                "live disk and the snapshots you need out, then start on "
+                "a new snapshot-dir, which this nbdsnap sets up to fit "
+                "(see nbdkit-snapshot-filter(1), \"Large disks\")",
+                S.dir, d, need);
+}
+
 /* The disk below must be the disk the directory was made for. */
 static int
 check_disk (const struct parsed_state *ps)
@@ -330,6 +376,9 @@ check_disk (const struct parsed_state *ps)
                    "snapshot-dir");
   geom_init (&S.g, ps->disk_size, ps->block_size);
   S.next_id = ps->next_id;
+  if (ldata_set_layout (ps->seg_shift, ps->disk_size) == -1)
+    return refuse ("%s: bad data-segment-size; %s", STATE_NAME, FIX);
+  warn_file_size ();
   return 0;
 }
 
@@ -408,7 +457,7 @@ check_no_layers (void)
       continue;
     any = true;
     if (strncmp (e->d_name, "layer-1.", 8) != 0 ||
-        (strcmp (e->d_name, "layer-1.data") == 0 &&
+        (strncmp (e->d_name, "layer-1.data", 12) == 0 &&
          (fstatat (S.dirfd, e->d_name, &st, 0) == -1 || st.st_size != 0)))
       first_start_leftover = false;
   }
@@ -434,9 +483,18 @@ static int
 create_state (uint32_t bs)
 {
   struct layer *a;
-  char why[512];
+  char why[512], d[160];
+  unsigned seg_shift;
 
   geom_init (&S.g, S.g.disk_size, bs);
+  if (ldata_choose (S.dirfd, S.g.disk_size, bs, &seg_shift, why,
+                    sizeof why) == -1 ||
+      ldata_set_layout (seg_shift, S.g.disk_size) == -1) {
+    nbdkit_error ("snapshot-dir %s: %s", S.dir, why);
+    return -1;
+  }
+  ldata_describe (S.g.disk_size, seg_shift, d, sizeof d);
+  nbdkit_debug ("snapshot: snapshot-dir %s: %s", S.dir, d);
   S.next_id = 1;
   a = new_layer (NULL, why, sizeof why);
   if (a == NULL) {
@@ -489,8 +547,19 @@ known_layer (uint64_t id)
 static void
 remove_strays (void)
 {
-  static const char *const suffixes[] = { "data", "map", "map.tmp", NULL };
+  /* "map", "map.tmp", "data", then the data segments "data.K". */
+  char segs[LDATA_MAX_SEGS][16];
+  const char *suffixes[LDATA_MAX_SEGS + 3] = { "map", "map.tmp" };
+  unsigned k;
 
+  for (k = 0; k < ldata_layout.nseg; ++k) {
+    if (k == 0)
+      snprintf (segs[k], sizeof segs[k], "data");
+    else
+      snprintf (segs[k], sizeof segs[k], "data.%u", k);
+    suffixes[2 + k] = segs[k];
+  }
+  suffixes[2 + k] = NULL;
   statedir_remove_strays (S.dirfd, STATE_NAME, "layer-", suffixes,
                           known_layer, "snapshot");
 }
