@@ -4,7 +4,7 @@
 # byte-identical (sha256 of every file, and the file names), when: the
 # state file is truncated, empty, has a flipped byte, or is a foreign file;
 # a well-formed state or map (valid checksum) says something impossible
-# (unknown version, other disk size, missing parent, no active layer,
+# (unknown version, a bad data-segment-size, other disk size, missing parent, no active layer,
 # duplicate or invalid name, block state 3, another layer's ID);
 # a layer map is corrupt (flipped byte, bad magic), truncated or missing; a
 # layer data file is missing; the state file is missing but layers exist;
@@ -127,7 +127,14 @@ EOF
 fresh; restate 'pass'; remap "$d/$m1" 'pass'
 [ "$(dirsum "$d")" = "$(dirsum "$pristine")" ] || fail "restate/remap do not round-trip"
 
-fresh; restate 'L[1] = "version 2"';                                refused 'version'
+fresh; restate 'L[1] = "version 3"';                                refused 'version'
+# Version 2 (data in segments) needs a data-segment-size line: a power of
+# two, at least the block size.
+fresh; restate 'L[1] = "version 2"';                                refused 'data-segment-size'
+fresh; restate 'L[1] = "version 2"; L.insert(4, "data-segment-size 3000000")'
+                                                                     refused 'data-segment-size'
+fresh; restate 'L[1] = "version 2"; L.insert(4, "data-segment-size 4096")'
+                                                                     refused 'data-segment-size'
 fresh; restate 'L[2] = "disk-size %d" % (int(L[2].split()[1]) * 2)'; refused "$((size * 2))"
 fresh; restate 'L[:] = [" ".join(l.split()[:2] + ["999"] + l.split()[3:]) if l.endswith(" frozen s2") else l for l in L]'
                                                                      refused 'parent|layer'
