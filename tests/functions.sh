@@ -744,3 +744,25 @@ same_text ()
         fail "$3 differs from the expected result"
     fi
 }
+
+# fsize_limit_nbdkit: from now on, every nbdkit this test starts runs
+# under a file size limit (RLIMIT_FSIZE) of $NBDKIT_FSIZE_KB KiB whenever
+# that variable is set, with SIGXFSZ ignored (a write past the limit then
+# fails with EFBIG instead of killing nbdkit).  Simulates a file system
+# whose largest file is smaller than the disk (ext4: 16 TiB - 4 KiB).
+fsize_limit_nbdkit ()
+{
+    local real
+    real=$(command -v nbdkit)
+    mkdir -p "$tmpdir/fsize-bin"
+    cat > "$tmpdir/fsize-bin/nbdkit" <<EOS
+#!/bin/bash
+if [ -n "\$NBDKIT_FSIZE_KB" ]; then
+    trap '' XFSZ
+    ulimit -f "\$NBDKIT_FSIZE_KB" || exit 99
+fi
+exec $real "\$@"
+EOS
+    chmod +x "$tmpdir/fsize-bin/nbdkit"
+    PATH=$tmpdir/fsize-bin:$PATH
+}

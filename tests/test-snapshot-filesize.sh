@@ -13,20 +13,7 @@
 requires nbdcopy --version
 requires nbdinfo --version
 
-# nbdkit under a file size limit of $NBDKIT_FSIZE_KB KiB (when set), with
-# SIGXFSZ ignored so that a write past it fails with EFBIG instead of
-# killing nbdkit (without the fix, that is how the writes fail).
-mkdir "$tmpdir/bin"
-cat > "$tmpdir/bin/nbdkit" <<EOF
-#!/bin/bash
-if [ -n "\$NBDKIT_FSIZE_KB" ]; then
-    trap '' XFSZ
-    ulimit -f "\$NBDKIT_FSIZE_KB" || exit 99
-fi
-exec $(command -v nbdkit) "\$@"
-EOF
-chmod +x "$tmpdir/bin/nbdkit"
-PATH=$tmpdir/bin:$PATH
+fsize_limit_nbdkit
 
 # 1. 8 MiB + 12 KiB (the last block short), 64 KiB blocks, files of at
 #    most 2 MiB: the data of a layer in 5 segments of 2 MiB.

@@ -39,6 +39,7 @@ TESTS = \
 	tests/test-freeze-end-after-close.sh \
 	tests/test-freeze-end-open-view.sh \
 	tests/test-freeze-extents.sh \
+	tests/test-freeze-filesize.sh \
 	tests/test-freeze-nocbt.sh \
 	tests/test-freeze-one-disk.sh \
 	tests/test-freeze-parallel-open.sh \

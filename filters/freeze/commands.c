@@ -123,12 +123,13 @@ point_new (struct command *c, const char *name)
   p->refs = 1;
   p->created = time (NULL);
   snprintf (p->name, sizeof p->name, "%s", name);
-  p->fd = openat (P.dirfd, ".", O_TMPFILE|O_RDWR|O_CLOEXEC, 0600);
-  if (p->fd == -1) {
+  if (scratch_open (p) == -1) {
     int e = errno;
-    command_fail (c, e == ENOSPC ? "ENOSPC" : "EIO",
+    command_fail (c, e == ENOSPC ? "ENOSPC" : e == EFBIG ? "EFBIG" : "EIO",
                   "cannot create scratch space in freeze-dir: %s",
-                  strerror (e));
+                  e == EFBIG ? "its file system cannot hold even one "
+                  "block, or the disk would need more than 1024 scratch "
+                  "files (a file size limit, ulimit -f?)" : strerror (e));
     point_free (p);
     return NULL;
   }

@@ -26,8 +26,10 @@ struct point {
   char name[NAME_MAX_LEN + 1];
   time_t created;
   bool checkpoint;              /* a cbt checkpoint was made with it */
-  int fd;                       /* scratch: unlinked file in freeze-dir */
-  struct bitset saved;          /* blocks whose frozen content is in fd */
+  int *fds;                     /* scratch: unlinked files in freeze-dir,
+                                   one per segment (scratch_open) */
+  unsigned nseg;
+  struct bitset saved;          /* blocks whose frozen content is in fds */
   uint64_t used;                /* scratch bytes (atomic) */
   bool failing;                 /* atomic: fail_point claimed it */
   bool failed;                  /* atomic: aborted (failure is set) */
@@ -41,6 +43,9 @@ struct points {
   int dirfd;
   uint64_t max_size;            /* scratch bytes per point, 0 = no limit */
   struct geom g;                /* g.disk_size: once probed is done */
+  unsigned seg_shift;           /* scratch segment size (log2); 0: one
+                                   file; set by the first scratch_open */
+  bool seg_known;               /* (P.lock) */
   struct first_use probed;
 
   pthread_mutex_t lock;         /* commands, refs */
@@ -57,7 +62,19 @@ extern struct points P;
 /* The point called name, or NULL (P.lock or P.rw held). */
 struct point *point_find (const char *name) __attribute__ ((nonnull (1)));
 
-/* Close the scratch file and free p. */
+/* Create p's scratch files (P.lock held): block b's saved bytes go at
+ * offset b * block_size, in one unlinked file, or, when freeze-dir's file
+ * system cannot hold a file as large as the disk (ext4: 16 TiB - 4 KiB),
+ * in segments of the largest power of two it holds.  -1 and errno.
+ */
+int scratch_open (struct point *p) __attribute__ ((nonnull (1)));
+/* Write or read the saved bytes of (part of) one block. */
+int scratch_pwrite (struct point *p, const void *buf, uint64_t n,
+                    uint64_t offset) __attribute__ ((nonnull (1, 2)));
+int scratch_pread (struct point *p, void *buf, uint64_t n, uint64_t offset)
+  __attribute__ ((nonnull (1, 2)));
+
+/* Close the scratch files and free p. */
 void point_free (struct point *p) __attribute__ ((nonnull (1)));
 
 /* Drop a reference (P.lock held); the last one frees p. */

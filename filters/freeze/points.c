@@ -102,8 +102,12 @@ points_use_disk (nbdkit_next *next, nbdkit_backend *backend,
 void
 point_free (struct point *p)
 {
-  if (p->fd >= 0)
-    close (p->fd);
+  unsigned k;
+
+  for (k = 0; k < p->nseg; ++k)
+    if (p->fds[k] >= 0)
+      close (p->fds[k]);
+  free (p->fds);
   bitset_free (&p->saved);
   free (p);
 }
@@ -166,13 +170,16 @@ point_fail (struct point *p, const char *what, int e)
 void
 point_release_scratch (struct point *p)
 {
+  unsigned k;
+
   if (!point_failed (p) || p->released)
     return;
   /* Truncating while a writer still saved into the file would let it
    * grow back: hence the callers' guarantee that none can.
    */
-  if (ftruncate (p->fd, 0) == -1)
-    nbdkit_debug ("freeze: ftruncate scratch: %m");
+  for (k = 0; k < p->nseg; ++k)
+    if (ftruncate (p->fds[k], 0) == -1)
+      nbdkit_debug ("freeze: ftruncate scratch: %m");
   __atomic_store_n (&p->used, 0, __ATOMIC_RELAXED);
   p->released = true;
 }

@@ -59,7 +59,7 @@ save_block (nbdkit_next *next, uint64_t b, char **buf, bool *failed)
       point_fail (p, "scratch space reached freeze-max-size", ENOSPC);
       *failed = true;
     }
-    else if (pwrite_full (p->fd, *buf, bl, geom_offset (&P.g, b)) == -1) {
+    else if (scratch_pwrite (p, *buf, bl, geom_offset (&P.g, b)) == -1) {
       point_fail (p, "cannot write scratch space in freeze-dir",
                   errno ? errno : ENOSPC);
       *failed = true;

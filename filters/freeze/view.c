@@ -34,7 +34,7 @@ read_block_part (struct point *p, nbdkit_next *next, char *buf, uint64_t b,
   if (point_failed (p))
     return -2;
   if (bitset_get_atomic (&p->saved, b)) {
-    if (pread_exact (p->fd, buf, n, offset) == -1) {
+    if (scratch_pread (p, buf, n, offset) == -1) {
       *err = errno;
       return -1;
     }

@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/resource.h>
 
 #include "fileio.h"
+#include "filesize.h"
 #include "layer.h"
 #include "ldata.h"
 #include "minmax.h"
@@ -42,32 +42,36 @@ ldata_set_layout (unsigned seg_shift, uint64_t disk_size)
   return 0;
 }
 
+/* Open the probe file in dirfd (removed again by probe_close). */
+static const char probe[] = ".nbdsnap-sizeprobe";
+
+static int
+probe_open (int dirfd)
+{
+  return openat (dirfd, probe, O_RDWR|O_CREAT|O_TRUNC|O_NOFOLLOW|O_CLOEXEC,
+                 0600);
+}
+
+static void
+probe_close (int dirfd, int fd)
+{
+  int e = errno;
+
+  close (fd);
+  unlinkat (dirfd, probe, 0);
+  errno = e;
+}
+
 int
 ldata_fits (int dirfd, uint64_t size)
 {
-  static const char probe[] = ".nbdsnap-sizeprobe";
-  struct rlimit rl;
-  int fd, r, e;
+  int fd = probe_open (dirfd), r;
 
-  if (getrlimit (RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-      size > rl.rlim_cur)
-    return 0;
-  if (size > INT64_MAX)
-    return 0;
-  fd = openat (dirfd, probe, O_RDWR|O_CREAT|O_TRUNC|O_NOFOLLOW|O_CLOEXEC,
-               0600);
   if (fd == -1)
     return -1;
-  r = ftruncate (fd, (off_t) size);
-  e = errno;
-  close (fd);
-  unlinkat (dirfd, probe, 0);
-  if (r == 0)
-    return 1;
-  if (e == EFBIG || e == EINVAL)
-    return 0;
-  errno = e;
-  return -1;
+  r = filesize_fits (fd, size);
+  probe_close (dirfd, fd);
+  return r;
 }
 
 /* The name of segment k of layer id's data. */
@@ -252,28 +256,24 @@ ldata_choose (int dirfd, uint64_t size, uint32_t bs, unsigned *seg_shift,
               char *why, size_t whylen)
 {
   char hs[32], hseg[32];
-  unsigned k, min_k = __builtin_ctz (bs);
-  int r = ldata_fits (dirfd, size);
+  unsigned k;
+  int fd = probe_open (dirfd), r;
   uint64_t nseg;
 
-  if (r == 1) {
+  r = fd == -1 ? -1 : filesize_segments (fd, size, __builtin_ctz (bs), &k);
+  if (fd >= 0)
+    probe_close (dirfd, fd);
+  if (r == 0 && k == 0) {
     *seg_shift = 0;
     return 0;
   }
   human (size, hs, sizeof hs);
-  for (k = 62; r == 0 && k >= min_k; --k) {
-    if ((UINT64_C (1) << k) >= size)
-      continue;
-    r = ldata_fits (dirfd, UINT64_C (1) << k);
-    if (r == 1)
-      break;
-  }
   if (r == -1) {
     snprintf (why, whylen, "cannot find out how large a file it can hold "
               "(a probe file could not be made: %s)", strerror (errno));
     return -1;
   }
-  if (r == 0) {
+  if (r == 1) {
     snprintf (why, whylen, "its file system cannot hold a file of even "
               "one block (%" PRIu32 " bytes; is a file size limit, "
               "ulimit -f, set?); put snapshot-dir on another file system",
