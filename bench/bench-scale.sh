@@ -43,7 +43,7 @@ printf '%-10s %-6s %7s %7s %8s %8s %7s %7s %8s %8s\n' \
 
 for size in "$@"; do
     PYTHONPATH="$top/bench" /usr/bin/python3 - "$FILTER" "$size" "$work" "$SNAPS" "$WMIB" <<'PY'
-import os, sys, time, subprocess, statistics, nbd, json
+import os, re, sys, time, subprocess, statistics, nbd, json
 import benchlib
 flt, size, work, snaps, wmib = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 d = os.path.join(work, "snap-" + size); sock = os.path.join(work, "sock")
@@ -61,7 +61,7 @@ rss = benchlib.rss
 def du(path, meta):
     t = 0
     for f in os.listdir(path):
-        if meta and f.endswith(".data"): continue
+        if meta and re.search(r"\.data(\.[0-9]+)?$", f): continue
         t += os.stat(os.path.join(path, f)).st_blocks * 512
     return t / 1048576
 p, h, t_start = start()

@@ -84,7 +84,7 @@ for sc in "$@"; do
     mkdir -p "$work/snap" "$work/cbt" "$work/frz"
     PYTHONPATH="$top/bench" /usr/bin/python3 - "$SF" "$CF" "$FF" "$NBDSNAP" "$size" "$wmib" "$work" \
         "$SNAPS" "$CKPTS" "$PLUGIN" <<'PY' || echo "# $sc: stack run failed (log: see stderr)"
-import os, sys, time, subprocess, statistics, json, nbd
+import os, re, sys, time, subprocess, statistics, json, nbd
 import benchlib
 sf, cf, ff, nbdsnap, size, wmib, work, snaps, ckpts, plugin = sys.argv[1:11]
 wmib, snaps, ckpts = int(wmib), int(snaps), int(ckpts)
@@ -105,7 +105,7 @@ def du(path, skip_data=False):
     t = 0
     for dp, dn, fn in os.walk(path):
         for f in fn:
-            if skip_data and f.endswith(".data"): continue
+            if skip_data and re.search(r"\.data(\.[0-9]+)?$", f): continue
             t += os.lstat(os.path.join(dp, f)).st_blocks * 512
     return t / 1048576
 p, h, t_fresh = start()
