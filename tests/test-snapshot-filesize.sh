@@ -6,7 +6,9 @@
 # that fit, so that every byte of the disk is writable, across segment
 # boundaries, in snapshots, through a merge and a restart.  A limit
 # below one block, or one that would need too many files, is refused at
-# start with what to do.  On ext4 the real 16 TiB case runs too.
+# start with what to do.  The randomized model test runs on segments
+# for 10 s (MODEL_SEED, MODEL_SECONDS as in test-snapshot-model).  On
+# ext4 the real 16 TiB case runs too.
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 . "${top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
@@ -111,7 +113,19 @@ nbd_op v1 "" "h.pwrite(b'x' * 4096, 0)"
 stop_server v1
 unset NBDKIT_FSIZE_KB
 
-# 4. The real case, where the file system is ext4 (its largest file is
+# 4. The randomized model (tests/model-snapshot.py: writes, zeroes,
+#    trims, flushes, snapshots, reverts, deletes and their merges,
+#    restarts and kill -9) with the data of every layer in 8 segments.
+seed=${MODEL_SEED:-$(( (RANDOM << 15) | RANDOM ))}
+mkdir "$tmpdir/model"
+NBDKIT_FSIZE_KB=1024 timeout 120 $PYTHON "$testsdir/model-snapshot.py" \
+    --filter="$F" --workdir="$tmpdir/model" --block-size=65536 \
+    --seed=$seed --seconds="${MODEL_SECONDS:-10}" ||
+    fail "model test on segments failed: reproduce with MODEL_SEED=$seed"
+grep -qx "data-segment-size $((1024 * 1024))" "$tmpdir/model/snap-65536/state" ||
+    fail "the model's directory is not in segments of 1 MiB"
+
+# 5. The real case, where the file system is ext4 (its largest file is
 #    16 TiB - 4 KiB with 4 KiB blocks): a 16 TiB disk, written at its
 #    last byte and across the middle.
 if [ "$(stat -f -c %T "$tmpdir")" = ext2/ext3 ]; then
