@@ -98,6 +98,17 @@ for r in r1 r2; do
     [ -z "$left" ] || fail "a refused start left files in $r: $left"
 done
 
+# Each segment is a descriptor: 5 layers of 8 segments under a limit of
+# 40 open files is refused, saying which limit to raise.
+NBDKIT_FSIZE_KB=1024 start_server fds --filter="$F" memory 8M \
+    snapshot-dir="$tmpdir/fds"
+for n in a b c d; do snap_ok fds @snapshot:create/$n >/dev/null; done
+stop_server fds
+( ulimit -n 40
+  NBDKIT_FSIZE_KB=1024 expect_start_fails "$tmpdir/fds.log" \
+      'Too many open files.*keep 8 data files open each.*ulimit -n' \
+      --filter="$F" memory 8M snapshot-dir="$tmpdir/fds" )
+
 # 3. A version-1 directory (one data file per layer) on a file system
 #    that cannot hold the disk: it starts, with a warning, and the bytes
 #    below the limit stay writable.

@@ -405,6 +405,10 @@ open_layers (const struct parsed_state *ps)
     if (l == NULL) {
       if (errno == ENOMEM)
         refuse ("%s", why);
+      else if (errno == EMFILE || errno == ENFILE)
+        refuse ("%s: the %zu layers keep %u data files open each; raise "
+                "nbdkit's limit of open files (ulimit -n)", why,
+                ps->nlayers, ldata_layout.nseg);
       else
         refuse ("%s (listed in the state file); %s", why, FIX);
       goto out;
