@@ -2,6 +2,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <unistd.h>
 #include <sys/resource.h>
@@ -54,4 +55,10 @@ filesize_segments (int fd, uint64_t size, unsigned min_shift,
     }
   }
   return 1;
+}
+
+void
+filesize_ignore_sigxfsz (void)
+{
+  signal (SIGXFSZ, SIG_IGN);
 }

@@ -11,6 +11,18 @@
 
 #include <stdint.h>
 
+/* At most this many segment files per layer or scratch area (each is an
+ * open descriptor).
+ */
+#define FILESIZE_MAX_SEGS 1024
+#define FILESIZE_STR_(x) #x
+#define FILESIZE_STR(x) FILESIZE_STR_ (x)
+
+/* Ignore SIGXFSZ (in a filter's .load): a write past a file size limit
+ * must fail with EFBIG, which is reported, not kill nbdkit.
+ */
+void filesize_ignore_sigxfsz (void);
+
 /* Can the file open on fd (empty, ours; left empty) be size bytes long?
  * A size over RLIMIT_FSIZE counts as no without being tried (trying
  * would raise SIGXFSZ).  1 yes, 0 no, -1 and errno if it cannot tell.

@@ -747,9 +747,10 @@ same_text ()
 
 # fsize_limit_nbdkit: from now on, every nbdkit this test starts runs
 # under a file size limit (RLIMIT_FSIZE) of $NBDKIT_FSIZE_KB KiB whenever
-# that variable is set, with SIGXFSZ ignored (a write past the limit then
-# fails with EFBIG instead of killing nbdkit).  Simulates a file system
-# whose largest file is smaller than the disk (ext4: 16 TiB - 4 KiB).
+# that variable is set.  SIGXFSZ keeps its default action (it kills):
+# the snapshot and freeze filters ignore it in .load, so that a write
+# past the limit fails with EFBIG.  Simulates a file system whose
+# largest file is smaller than the disk (ext4: 16 TiB - 4 KiB).
 fsize_limit_nbdkit ()
 {
     local real
@@ -758,7 +759,7 @@ fsize_limit_nbdkit ()
     cat > "$tmpdir/fsize-bin/nbdkit" <<EOS
 #!/bin/bash
 if [ -n "\$NBDKIT_FSIZE_KB" ]; then
-    trap '' XFSZ
+    trap - XFSZ
     ulimit -f "\$NBDKIT_FSIZE_KB" || exit 99
 fi
 exec $real "\$@"

@@ -121,6 +121,20 @@ start_server v1 --filter="$F" memory 8M snapshot-dir="$tmpdir/v1"
 grep -q 'warning: it keeps one data file per layer.*cannot hold a file of 8388608 bytes' \
     "$tmpdir/v1.log" || fail "no warning for a version-1 directory"
 nbd_op v1 "" "h.pwrite(b'x' * 4096, 0)"
+# Past the limit: that write fails (EFBIG, ENOSPC to the client), nbdkit
+# is not killed by SIGXFSZ, and the rest of the disk still works.
+nbd_op v1 "" "import errno
+try:
+    h.pwrite(b'y' * 4096, 4 << 20)
+    raise SystemExit('a write past the file size limit succeeded')
+except nbd.Error as e:
+    assert e.errnum == errno.ENOSPC, e
+h.pwrite(b'z' * 4096, 8192)
+assert h.pread(4096, 0) == b'x' * 4096
+assert h.pread(4096, 8192) == b'z' * 4096
+assert h.pread(4096, 4 << 20) == bytes(4096)" ||
+    fail "version-1 directory: a write past the limit"
+server_alive v1 || fail "nbdkit died on a write past the file size limit"
 stop_server v1
 unset NBDKIT_FSIZE_KB
 

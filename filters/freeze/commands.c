@@ -13,6 +13,7 @@
 #include <json-c/json.h>
 #include <nbdkit-filter.h>
 
+#include "filesize.h"
 #include "command.h"
 #include "lockscope.h"
 #include "points-internal.h"
@@ -128,7 +129,8 @@ point_new (struct command *c, const char *name)
     command_fail (c, e == ENOSPC ? "ENOSPC" : e == EFBIG ? "EFBIG" : "EIO",
                   "cannot create scratch space in freeze-dir: %s",
                   e == EFBIG ? "its file system cannot hold even one "
-                  "block, or the disk would need more than 1024 scratch "
+                  "block, or the disk would need more than "
+                  FILESIZE_STR (FILESIZE_MAX_SEGS) " scratch "
                   "files (a file size limit, ulimit -f?)" : strerror (e));
     point_free (p);
     return NULL;

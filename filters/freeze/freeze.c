@@ -20,6 +20,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "filesize.h"
 #include "exportname.h"
 #include "command.h"
 #include "diskname.h"
@@ -411,8 +412,18 @@ freeze_extents (nbdkit_next *next, void *handle, uint32_t count,
   return fh_extents (next, handle, count, offset, flags, extents, err);
 }
 
+/* A write past a file size limit fails with EFBIG (reported), rather
+ * than killing nbdkit with SIGXFSZ.
+ */
+static void
+freeze_load (void)
+{
+  filesize_ignore_sigxfsz ();
+}
+
 static struct nbdkit_filter filter = {
   .name               = "freeze",
+  .load               = freeze_load,
   .longname           = "nbdsnap checkpoint freezing filter",
   .unload             = freeze_unload,
   .config             = freeze_config,

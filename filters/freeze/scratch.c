@@ -15,7 +15,6 @@
 #include "filesize.h"
 #include "points-internal.h"
 
-#define MAX_SEGS 1024
 
 /* A new unlinked file in freeze-dir. */
 static int
@@ -53,7 +52,7 @@ scratch_open (struct point *p)
   if (P.seg_shift)
     nseg = (size >> P.seg_shift) +
       ((size & ((UINT64_C (1) << P.seg_shift) - 1)) != 0);
-  if (nseg > MAX_SEGS) {
+  if (nseg > FILESIZE_MAX_SEGS) {
     close (fd0);
     errno = EFBIG;
     return -1;

@@ -123,7 +123,7 @@ seg_io (const struct layer *l, enum op op, char *buf, uint64_t len,
         uint64_t off)
 {
   while (len > 0) {
-    unsigned k = l->seg_shift ? off >> l->seg_shift : 0;
+    uint64_t k = l->seg_shift ? off >> l->seg_shift : 0;
     uint64_t soff = off, n = len;
     int r;
 
@@ -226,11 +226,12 @@ ldata_unlink (int dirfd, uint64_t id)
 
   layer_data_name (id, name, sizeof name);
   unlinkat (dirfd, name, 0);
-  /* Segments are created together, 1, 2, ...: stop at the first gap. */
-  for (k = 1; k < LDATA_MAX_SEGS; ++k) {
+  /* Every segment the layout has: a crash part-way through an earlier
+   * unlink may have left gaps.
+   */
+  for (k = 1; k < ldata_layout.nseg; ++k) {
     seg_name (id, k, name, sizeof name);
-    if (unlinkat (dirfd, name, 0) == -1 && errno == ENOENT)
-      break;
+    unlinkat (dirfd, name, 0);
   }
 }
 

@@ -19,10 +19,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "filesize.h"
+
 struct layer;
 
 /* At most this many segments per layer (each is an open descriptor). */
-#define LDATA_MAX_SEGS 1024
+#define LDATA_MAX_SEGS FILESIZE_MAX_SEGS
 
 /* The segment size of every layer opened from now on: 2^seg_shift bytes,
  * or 0 for one file per layer; nseg segments cover the disk.

@@ -18,6 +18,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "filesize.h"
 #include "exportname.h"
 #include "command.h"
 #include "filterhandle.h"
@@ -455,8 +456,18 @@ snapshot_extents (nbdkit_next *next, void *handle, uint32_t count,
   return fh_extents (next, handle, count, offset, flags, extents, err);
 }
 
+/* A write past a file size limit fails with EFBIG (reported), rather
+ * than killing nbdkit with SIGXFSZ.
+ */
+static void
+snapshot_load (void)
+{
+  filesize_ignore_sigxfsz ();
+}
+
 static struct nbdkit_filter filter = {
   .name               = "snapshot",
+  .load               = snapshot_load,
   .longname           = "nbdsnap snapshot filter",
   .unload             = snapshot_unload,
   .config             = snapshot_config,

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <dirent.h>
 
@@ -465,7 +466,8 @@ check_no_layers (void)
          (fstatat (S.dirfd, e->d_name, &st, 0) == -1 || st.st_size != 0)))
       first_start_leftover = false;
   }
-  closedir (d);
+  if (!any || !first_start_leftover)
+    closedir (d);
   if (!any)
     return 0;
   if (!first_start_leftover) {
@@ -475,8 +477,15 @@ check_no_layers (void)
                   "snapshots", S.dir);
     return -1;
   }
+  /* Every file of it, whatever segments it had (the layout of the
+   * directory is not known yet: it is chosen after this).
+   */
   nbdkit_debug ("snapshot: removing what an interrupted first start left");
-  layer_unlink (S.dirfd, 1);
+  rewinddir (d);
+  while ((e = readdir (d)) != NULL)
+    if (strncmp (e->d_name, "layer-1.", 8) == 0)
+      unlinkat (S.dirfd, e->d_name, 0);
+  closedir (d);
   return 0;
 }
 
