@@ -10,8 +10,11 @@
  * leaves (LEAF_BLOCKS blocks each, sparse.h) that no layer of a change
  * map's set holds is a hole, and one the owner map has no leaf for is the
  * plugin's, so such runs are found from the maps' present bits in one
- * step rather than block by block.  The answers are the same extents as
- * block by block (runs of one type are merged across the skipped leaves).
+ * step rather than block by block; in a leaf some layer of the set does
+ * hold, a run of unchanged blocks is found from the union of the set's
+ * leaves a word (32 blocks) at a time.  The answers are the same extents
+ * as block by block (runs of one type are merged across the skipped
+ * leaves).
  */
 #include <config.h>
 
