@@ -39,10 +39,11 @@
 # `qemu-img convert -O qcow2` of the image (its time and output du).
 # Every qemu-img time includes starting a process (a few ms).
 #
-# A default run took 23 min on the shared 2-vCPU machine (2026-12-03):
-# four 16T reverts of ~1 min (docs/benchmarks.md says why) and the 16T
-# qcow2 rows (a qemu-img snapshot -c takes 0.4-2 s there) are most of it;
-# BENCH_QCOW2=0 or a few SIZE:MIB for a shorter one.
+# A default run took 23 min on the shared 2-vCPU machine (2026-12-03,
+# when a 16T revert took ~1 min; it takes 20-80 ms since the fixes in
+# docs/benchmarks.md): the 16T qcow2 rows (a qemu-img snapshot -c takes
+# 0.4-2 s there) are most of it now.  BENCH_QCOW2=0 or a few SIZE:MIB for
+# a shorter one (the four 16T rows alone: about 2 min).
 #
 # Environment: BENCH_SNAPS=100 BENCH_CKPTS=30 BENCH_TMPDIR=/var/tmp
 # BENCH_QCOW2=1, BENCH_PLUGIN=memory (null: nbdkit's null plugin, whose

@@ -10,8 +10,11 @@
  * leaves (LEAF_BLOCKS blocks each, sparse.h) that no layer of a change
  * map's set holds is a hole, and one the owner map has no leaf for is the
  * plugin's, so such runs are found from the maps' present bits in one
- * step rather than block by block.  The answers are the same extents as
- * block by block (runs of one type are merged across the skipped leaves).
+ * step rather than block by block; in a leaf some layer of the set does
+ * hold, a run of unchanged blocks is found from the union of the set's
+ * leaves a word (32 blocks) at a time.  The answers are the same extents
+ * as block by block (runs of one type are merged across the skipped
+ * leaves).
  */
 #include <config.h>
 
@@ -36,6 +39,10 @@ struct question {
    */
   size_t any_leaf;
   uint64_t any[LEAF_WORDS];
+  /* The last leaf found not uniform (SIZE_MAX: none yet): its other
+   * blocks need not look at the maps' present bits again.
+   */
+  size_t mixed_leaf;
 };
 
 /* For change maps: is block b held by any layer in the set?  The leaf of
@@ -63,6 +70,28 @@ changed (struct question *q, uint64_t b)
     q->any_leaf = leaf;
   }
   return (q->any[j >> 5] >> ((j & 31) * 2)) & 1;
+}
+
+/* For change maps, after changed (q, b) said no: the first block after b
+ * that some layer of the set holds, or the end of b's leaf, at most
+ * bend.  Found from the leaf's union a word (32 blocks) at a time.
+ */
+static uint64_t
+next_changed (const struct question *q, uint64_t b, uint64_t bend)
+{
+  const uint64_t base = b & ~(LEAF_BLOCKS - 1);
+  uint64_t j = (b & (LEAF_BLOCKS - 1)) + 1, k;
+
+  while (j < LEAF_BLOCKS) {
+    uint64_t w = q->any[j >> 5] >> ((j & 31) * 2);
+    if (w) {
+      j += __builtin_ctzll (w) / 2;
+      break;
+    }
+    j = (j | 31) + 1;
+  }
+  k = base + (j < LEAF_BLOCKS ? j : LEAF_BLOCKS);
+  return k < bend ? k : bend;
 }
 
 /* The extent type of block b: NBDKIT_EXTENT_* flags, or ASK_PLUGIN. */
@@ -119,16 +148,26 @@ leaf_uniform (const struct question *q, uint64_t b, uint64_t bend,
 }
 
 /* The type of block b and in *until the end of a run of blocks from b
- * (at most bend) known to have it: a run of uniform leaves, or b alone.
+ * (at most bend) known to have it: a run of uniform leaves; in a change
+ * map's other leaves a run of unchanged blocks up to the next changed
+ * one (within the leaf); else b alone.
  */
 static uint32_t
 run_type (struct question *q, uint64_t b, uint64_t bend,
           uint64_t *until)
 {
-  uint32_t type = leaf_uniform (q, b, bend, until);
+  const size_t leaf = b >> LEAF_SHIFT;
 
-  if (type != NOT_UNIFORM)
-    return type;
+  if (leaf != q->mixed_leaf) {
+    uint32_t type = leaf_uniform (q, b, bend, until);
+    if (type != NOT_UNIFORM)
+      return type;
+    q->mixed_leaf = leaf;
+  }
+  if (q->diff && !changed (q, b)) {
+    *until = next_changed (q, b, bend);
+    return NBDKIT_EXTENT_HOLE;
+  }
   *until = b + 1;
   return block_type (q, b);
 }
@@ -171,7 +210,7 @@ extents_owner (const struct omap *owner, struct layer *target,
 {
   const uint64_t end = offset + count;
   struct question q = { .owner = owner, .diff = base != NULL,
-                       .any_leaf = SIZE_MAX };
+                       .any_leaf = SIZE_MAX, .mixed_leaf = SIZE_MAX };
   int r = 0;
 
   if (base) {

@@ -34,14 +34,24 @@
 #define FIX "restore the directory from a backup, or start with an " \
   "empty snapshot-dir (its snapshots are then lost)"
 
+/* qsort: layers by id (ids are unique). */
+static int
+by_id (const void *a, const void *b)
+{
+  const struct layer *x = *(struct layer *const *) a;
+  const struct layer *y = *(struct layer *const *) b;
+
+  return x->id < y->id ? -1 : x->id > y->id;
+}
+
 /* Commit the table to the state file (store lock held). */
 int
 save_state (void)
 {
   struct jbuf j = { 0 };        /* used as a plain text buffer */
   char hex[2 * SHA256_LEN + 1];
-  uint64_t last = 0;
-  size_t i;
+  struct layer **order;
+  size_t i, k, n = 0;
   int r, e;
 
   if (failure_is_set (&S.fail)) {
@@ -56,21 +66,29 @@ save_state (void)
                UINT64_C (1) << ldata_layout.seg_shift);
   hex_encode (S.fp, SHA256_LEN, hex);
   jb_printf (&j, "fingerprint %s\nnext-id %" PRIu64 "\n", hex, S.next_id);
-  /* In id order: a parent always has a smaller id than its children. */
-  for (;;) {
-    struct layer *l = NULL;
-    for (i = 1; i < MAX_SLOTS; ++i) {
-      struct layer *c = S.slots[i];
-      if (c && !c->detached && c->id > last && (!l || c->id < l->id))
-        l = c;
+  /* In id order: a parent always has a smaller id than its children.
+   * One pass over the slots and a sort, not a pass per layer (65535
+   * slots each: 10 ms with 100 layers, twice per revert).
+   */
+  for (i = 1; i < MAX_SLOTS; ++i)
+    if (S.slots[i] && !S.slots[i]->detached)
+      ++n;
+  order = malloc ((n ? n : 1) * sizeof *order);
+  if (order == NULL)
+    j.oom = true;
+  else {
+    for (i = 1, k = 0; i < MAX_SLOTS; ++i)
+      if (S.slots[i] && !S.slots[i]->detached)
+        order[k++] = S.slots[i];
+    qsort (order, n, sizeof *order, by_id);
+    for (k = 0; k < n; ++k) {
+      const struct layer *l = order[k];
+      jb_printf (&j, "layer %" PRIu64 " %" PRIu64 " %" PRId64 " %s %s\n",
+                 l->id, l->parent ? l->parent->id : 0, l->created,
+                 l->active ? "active" : l->deleting ? "deleting" : "frozen",
+                 l->active ? "-" : l->name);
     }
-    if (l == NULL)
-      break;
-    jb_printf (&j, "layer %" PRIu64 " %" PRIu64 " %" PRId64 " %s %s\n",
-               l->id, l->parent ? l->parent->id : 0, l->created,
-               l->active ? "active" : l->deleting ? "deleting" : "frozen",
-               l->active ? "-" : l->name);
-    last = l->id;
+    free (order);
   }
   if (j.oom) {
     jb_free (&j);
