@@ -139,10 +139,9 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
   uint8_t *buf;
   int r, e;
 
-  layer_data_name (l->id, name, sizeof name);
   if (!force && gen == l->saved_gen) {
     /* The map on disk is current; only the data may need syncing. */
-    if (ldata_sync (l) == -1) {
+    if (ldata_sync (l, name, sizeof name) == -1) {
       snprintf (what, whatlen, "fdatasync %s", name);
       return -2;
     }
@@ -162,7 +161,7 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
   hdr.payload_len = len - BINHDR_SIZE;
   memcpy (hdr.magic, MAP_MAGIC, 8);
   binhdr_put (buf, &hdr);
-  if (ldata_sync (l) == -1) {
+  if (ldata_sync (l, name, sizeof name) == -1) {
     snprintf (what, whatlen, "fdatasync %s", name);
     r = -2;
     goto out;

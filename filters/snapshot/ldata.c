@@ -177,13 +177,18 @@ ldata_punch (const struct layer *l, uint64_t off, uint64_t len)
 }
 
 int
-ldata_sync (const struct layer *l)
+ldata_sync (const struct layer *l, char *name, size_t len)
 {
   unsigned k;
 
   for (k = 0; k < l->nseg; ++k)
-    if (fdatasync (l->fds[k]) == -1)
+    if (fdatasync (l->fds[k]) == -1) {
+      int e = errno;
+
+      seg_name (l->id, k, name, len);
+      errno = e;
       return -1;
+    }
   return 0;
 }
 

@@ -79,8 +79,10 @@ int ldata_pwrite (const struct layer *l, const void *buf, uint64_t len,
                   uint64_t off);
 /* Punch a hole (FALLOC_FL_PUNCH_HOLE, keeping the size). */
 int ldata_punch (const struct layer *l, uint64_t off, uint64_t len);
-/* fdatasync every file of the layer. */
-int ldata_sync (const struct layer *l);
+/* fdatasync every file of the layer; on failure (-1, errno) the name of
+ * the file that failed is in name.
+ */
+int ldata_sync (const struct layer *l, char *name, size_t len);
 
 /* Close every file: checked (close_written) or not. */
 int ldata_close (struct layer *l);
