@@ -308,6 +308,10 @@ _start_server ()
     echo "$pid" > "$tmpdir/$name.bgpid"
     for ((i = 0; i < 600; i++)); do
         if [ -s "$pidf" ] && { [ -n "$port" ] || [ -S "$sock" ]; }; then
+            # Listening, but the filters' .after_fork (state checks, stray
+            # removal) may still be running: wait for the greeting.
+            $PYTHON "$testsdir/wait-serving.py" "$pid" "${port:-$sock}" ||
+                echo "$testname: nbdkit ($name) sent no greeting within 60s" >&2
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
