@@ -29,10 +29,11 @@ head -c 100 /dev/urandom > "$d/layer-1.map.tmp"
 : > "$d/lock"
 echo "before: $(cd "$d" && ls | tr '\n' ' ')"
 
-start_server srv --filter="$F" --filter=delay memory 1M delay-open=2 \
-    snapshot-dir="$d"
+NBDSNAP_START_NO_WAIT=1 start_server srv --filter="$F" --filter=delay \
+    memory 1M delay-open=2 snapshot-dir="$d"
 # The socket exists: .get_ready (the first scan) is done, .after_fork is
-# sleeping in the probe's open.
+# sleeping in the probe's open (start_server returns without waiting for
+# the greeting, which comes only after .after_fork).
 for x in layer-9.data layer-9.map layer-9.map.tmp; do
     head -c 4096 /dev/urandom > "$d/$x"
 done
