@@ -57,6 +57,17 @@ filesize_segments (int fd, uint64_t size, unsigned min_shift,
   return 1;
 }
 
+uint64_t
+filesize_nseg (uint64_t size, unsigned shift)
+{
+  uint64_t n;
+
+  if (shift == 0)
+    return 1;
+  n = (size >> shift) + ((size & ((UINT64_C (1) << shift) - 1)) != 0);
+  return n ? n : 1;
+}
+
 void
 filesize_ignore_sigxfsz (void)
 {

@@ -38,4 +38,9 @@ int filesize_fits (int fd, uint64_t size);
 int filesize_segments (int fd, uint64_t size, unsigned min_shift,
                        unsigned *shift);
 
+/* How many segments of 2^shift bytes cover size bytes (1 if shift is 0:
+ * one file; at least 1).
+ */
+uint64_t filesize_nseg (uint64_t size, unsigned shift);
+
 #endif /* NBDSNAP_FILESIZE_H */

@@ -26,7 +26,7 @@ tmpfile (void)
 int
 scratch_open (struct point *p)
 {
-  uint64_t size = P.g.disk_size, nseg = 1;
+  uint64_t size = P.g.disk_size, nseg;
   unsigned k;
   int fd0 = tmpfile ();
 
@@ -49,9 +49,7 @@ scratch_open (struct point *p)
                     " bytes: scratch in segments of 2^%u bytes", size,
                     shift);
   }
-  if (P.seg_shift)
-    nseg = (size >> P.seg_shift) +
-      ((size & ((UINT64_C (1) << P.seg_shift) - 1)) != 0);
+  nseg = filesize_nseg (size, P.seg_shift);
   if (nseg > FILESIZE_MAX_SEGS) {
     close (fd0);
     errno = EFBIG;

@@ -28,10 +28,7 @@ ldata_set_layout (unsigned seg_shift, uint64_t disk_size)
       errno = EINVAL;
       return -1;
     }
-    n = (disk_size >> seg_shift) +
-      ((disk_size & ((UINT64_C (1) << seg_shift) - 1)) != 0);
-    if (n == 0)
-      n = 1;
+    n = filesize_nseg (disk_size, seg_shift);
     if (n > LDATA_MAX_SEGS) {
       errno = EINVAL;
       return -1;
@@ -288,7 +285,7 @@ ldata_choose (int dirfd, uint64_t size, uint32_t bs, unsigned *seg_shift,
     return -1;
   }
   human (UINT64_C (1) << k, hseg, sizeof hseg);
-  nseg = (size >> k) + ((size & ((UINT64_C (1) << k) - 1)) != 0);
+  nseg = filesize_nseg (size, k);
   if (nseg > LDATA_MAX_SEGS) {
     snprintf (why, whylen, "its file system cannot hold a file as large as "
               "the disk (%s): the largest power of two it holds is %s, and "

@@ -238,7 +238,8 @@ parse_state (char *text, size_t len, struct parsed_state *ps)
       return -1;
     if (kv_u64 (v, &seg) == -1 || seg < ps->block_size ||
         (seg & (seg - 1)) != 0 || seg > (UINT64_C (1) << 62) ||
-        ldata_set_layout (__builtin_ctzll (seg), ps->disk_size) == -1)
+        filesize_nseg (ps->disk_size, __builtin_ctzll (seg)) >
+        LDATA_MAX_SEGS)
       return malformed (&kv, "data-segment-size");
     ps->seg_shift = __builtin_ctzll (seg);
   }
