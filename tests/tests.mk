@@ -84,6 +84,7 @@ TESTS = \
 	tests/test-snapshot-exports.sh \
 	tests/test-snapshot-extents.sh \
 	tests/test-snapshot-faults.sh \
+	tests/test-snapshot-filesize-faults.sh \
 	tests/test-snapshot-filesize.sh \
 	tests/test-snapshot-flush-race.sh \
 	tests/test-snapshot-fsync.sh \
