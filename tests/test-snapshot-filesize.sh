@@ -111,6 +111,26 @@ stop_server fds
       'Too many open files.*keep 8 data files open each.*ulimit -n' \
       --filter="$F" memory 8M snapshot-dir="$tmpdir/fds" )
 
+# The same limit met at run time: a snapshot create that cannot open the
+# new layer's 8 data files fails with the same hint, and loses nothing:
+# with the limit raised again the list is as before and create works.
+NBDKIT_FSIZE_KB=1024 start_server fds --filter="$F" memory 8M \
+    snapshot-dir="$tmpdir/fds"
+before=$(json_get "$(snap_list fds)" '[s["name"] for s in j["snapshots"]]')
+pid=$(server_pid fds)
+nofile=$(prlimit --pid "$pid" --nofile --noheadings --output SOFT)
+prlimit --pid "$pid" --nofile=$(( $(ls /proc/"$pid"/fd | wc -l) + 4 )): ||
+    fail "prlimit failed"
+out=$(snap_err fds @snapshot:create/e EIO)
+json_check "$out" \
+    're.search(r"Too many open files.*keep 8 data files open each.*ulimit -n", j["error"])'
+prlimit --pid "$pid" --nofile="$nofile": || fail "prlimit failed"
+after=$(json_get "$(snap_list fds)" '[s["name"] for s in j["snapshots"]]')
+[ "$before" = "$after" ] ||
+    fail "a failed create changed the list: $before -> $after"
+snap_ok fds @snapshot:create/e >/dev/null
+stop_server fds
+
 # 3. A version-1 directory (one data file per layer) on a file system
 #    that cannot hold the disk: it starts, with a warning, and the bytes
 #    below the limit stay writable.

@@ -86,7 +86,9 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
 
   layer_map_name (l->id, name, sizeof name);
   if (statefile_read (dirfd, name, &buf, &len) == -1) {
-    snprintf (why, whylen, "%s: %s", name, strerror (errno));
+    int e = errno;
+    snprintf (why, whylen, "%s: %s", name, strerror (e));
+    errno = e;                  /* the caller tells EMFILE from damage */
     return -1;
   }
   p = (const uint8_t *) buf;
@@ -119,6 +121,7 @@ layer_load_map (int dirfd, struct layer *l, const struct geom *g,
 
  err:
   free (buf);
+  errno = EINVAL;               /* the file is damaged */
   return -1;
 }
 

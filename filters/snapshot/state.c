@@ -402,6 +402,23 @@ check_disk (const struct parsed_state *ps)
   return 0;
 }
 
+/* Refuse to start because a layer could not be opened or loaded: out
+ * of memory or descriptors says so (the directory is fine), anything
+ * else is the directory's fault.
+ */
+static void
+refuse_layer (char *why, size_t whylen, size_t nlayers, const char *where)
+{
+  if (errno == ENOMEM)
+    refuse ("%s", why);
+  else if (errno == EMFILE || errno == ENFILE) {
+    hint_open_files (why, whylen, nlayers);
+    refuse ("%s", why);
+  }
+  else
+    refuse ("%s%s; %s", why, where, FIX);
+}
+
 /* Open every layer the state names, with its map, and link them (the
  * tree was checked by check_layers).
  */
@@ -423,14 +440,8 @@ open_layers (const struct parsed_state *ps)
 
     l = layer_open (S.dirfd, pl->id, &S.g, false, why, sizeof why);
     if (l == NULL) {
-      if (errno == ENOMEM)
-        refuse ("%s", why);
-      else if (errno == EMFILE || errno == ENFILE)
-        refuse ("%s: the %zu layers keep %u data files open each; raise "
-                "nbdkit's limit of open files (ulimit -n)", why,
-                ps->nlayers, ldata_layout.nseg);
-      else
-        refuse ("%s (listed in the state file); %s", why, FIX);
+      refuse_layer (why, sizeof why, ps->nlayers, " (listed in the state "
+                    "file)");
       goto out;
     }
     if (alloc_slot (l) == -1) {
@@ -440,7 +451,7 @@ open_layers (const struct parsed_state *ps)
     }
     ls[i] = l;
     if (layer_load_map (S.dirfd, l, &S.g, why, sizeof why) == -1) {
-      refuse ("%s; %s", why, FIX);
+      refuse_layer (why, sizeof why, ps->nlayers, "");
       goto out;
     }
     l->saved_gen = l->gen = 0;

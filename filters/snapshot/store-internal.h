@@ -155,6 +155,10 @@ void detach_keep_files (struct layer *l) __attribute__ ((nonnull (1)));
  */
 struct layer *new_layer (struct layer *parent, char *why, size_t whylen)
   __attribute__ ((nonnull (2)));
+/* Add the ulimit -n hint to why when errno is EMFILE or ENFILE. */
+void hint_open_files (char *why, size_t whylen, size_t nlayers)
+  __attribute__ ((nonnull (1)));
+
 /* Discard a layer made by new_layer that never got committed. */
 void drop_new_layer (struct layer *l) __attribute__ ((nonnull (1)));
 

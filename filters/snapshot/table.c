@@ -13,8 +13,32 @@
 
 #include <nbdkit-filter.h>
 
+#include "ldata.h"
 #include "lockscope.h"
 #include "store-internal.h"
+
+/* When errno says nbdkit ran out of descriptors, add to why which limit
+ * to raise: every layer keeps its data files open.  nlayers 0 counts the
+ * layers in the table.  errno is kept.
+ */
+void
+hint_open_files (char *why, size_t whylen, size_t nlayers)
+{
+  int e = errno;
+  size_t len = strlen (why);
+  size_t i;
+
+  if ((e == EMFILE || e == ENFILE) && len < whylen) {
+    if (nlayers == 0)
+      for (i = 1; i < MAX_SLOTS; ++i)
+        nlayers += S.slots[i] != NULL;
+    snprintf (why + len, whylen - len, "; the %zu layers keep %u data "
+              "file%s open each; raise nbdkit's limit of open files "
+              "(ulimit -n)", nlayers, ldata_layout.nseg,
+              ldata_layout.nseg == 1 ? "" : "s");
+  }
+  errno = e;
+}
 
 /* The snapshot (frozen or deleting layer) called name, or NULL. */
 struct layer *
@@ -84,8 +108,10 @@ new_layer (struct layer *parent, char *why, size_t whylen)
     return NULL;
   }
   l = layer_open (S.dirfd, S.next_id, &S.g, true, why, whylen);
-  if (l == NULL)
+  if (l == NULL) {
+    hint_open_files (why, whylen, 0);
     return NULL;                /* errno from layer_open */
+  }
   if (alloc_slot (l) == -1) {
     snprintf (why, whylen, "too many layers (at most %d)", MAX_SLOTS - 1);
     errno = ENOSPC;
@@ -94,6 +120,7 @@ new_layer (struct layer *parent, char *why, size_t whylen)
   if (save_layer (l, true, "writing the map of a new layer") == -1) {
     snprintf (why, whylen, "cannot write the map of a new layer: %s",
               strerror (errno));
+    hint_open_files (why, whylen, 0);
     S.slots[l->slot] = NULL;
     goto err;
   }
