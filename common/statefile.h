@@ -8,6 +8,7 @@
 #ifndef NBDSNAP_STATEFILE_H
 #define NBDSNAP_STATEFILE_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,6 +26,16 @@
  */
 int statefile_write (int dirfd, const char *name, const void *buf, size_t len)
   __attribute__ ((nonnull (2, 3)));
+
+/* Did statefile_write fail (-1) for want of memory or descriptors?
+ * Then nothing was written and nothing on disk is in doubt: the caller
+ * may fail the one operation without distrusting the directory.
+ */
+static inline int
+statefile_short_of (int e)
+{
+  return e == ENOMEM || e == EMFILE || e == ENFILE;
+}
 
 /* Read the whole of dir/name into a malloc'd buffer (NUL-terminated for
  * convenience; *len excludes the NUL).  -1 and errno on error.

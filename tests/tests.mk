@@ -95,6 +95,7 @@ TESTS = \
 	tests/test-snapshot-model.sh \
 	tests/test-snapshot-multiconn.sh \
 	tests/test-snapshot-oddsize.sh \
+	tests/test-snapshot-openfiles.sh \
 	tests/test-snapshot-partial.sh \
 	tests/test-snapshot-persist.sh \
 	tests/test-snapshot-policy.sh \

@@ -56,7 +56,9 @@ json_snapshot (struct jbuf *j, struct layer *l)
   jb_printf (j, "}");
 }
 
-/* Fail c with the errno name of e and a message. */
+/* Fail c with the errno name of e and a message (which says to raise
+ * ulimit -n if e says nbdkit ran out of descriptors).
+ */
 static int __attribute__ ((format (printf, 3, 4)))
 fail_errno (struct command *c, int e, const char *fmt, ...)
 {
@@ -66,6 +68,8 @@ fail_errno (struct command *c, int e, const char *fmt, ...)
   va_start (ap, fmt);
   vsnprintf (msg, sizeof msg, fmt, ap);
   va_end (ap);
+  errno = e;
+  hint_open_files (msg, sizeof msg, 0);
   return command_fail (c, command_errno_name (e), "%s", msg);
 }
 

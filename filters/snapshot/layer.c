@@ -177,8 +177,9 @@ layer_save (int dirfd, struct layer *l, const struct geom *g, bool force,
     goto out;
   }
   r = statefile_write (dirfd, name, buf, len);
-  if (r == -1 && errno == ENOMEM)
-    snprintf (what, whatlen, "memory to write %s", name);
+  if (r == -1 && statefile_short_of (errno))
+    snprintf (what, whatlen, "%s to write %s",
+              errno == ENOMEM ? "memory" : "a descriptor", name);
   else if (r == -1) {
     snprintf (what, whatlen, "writing %s", name);
     r = -2;                     /* the old map is intact, but stop here */

@@ -18,6 +18,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "fdlimit.h"
 #include "filesize.h"
 #include "exportname.h"
 #include "command.h"
@@ -457,12 +458,22 @@ snapshot_extents (nbdkit_next *next, void *handle, uint32_t count,
 }
 
 /* A write past a file size limit fails with EFBIG (reported), rather
- * than killing nbdkit with SIGXFSZ.
+ * than killing nbdkit with SIGXFSZ.  Every layer keeps its data files
+ * open: the soft limit on open files goes up to the hard one, so that
+ * the number of snapshots is bounded by the hard limit, not by the
+ * usual soft 1024.
  */
 static void
 snapshot_load (void)
 {
+  rlim_t before, after;
+
   filesize_ignore_sigxfsz ();
+  if (fdlimit_raise (&before, &after) == -1)
+    nbdkit_debug ("cannot raise the limit of open files: %m");
+  else if (before != after)
+    nbdkit_debug ("limit of open files raised from %llu to %llu",
+                  (unsigned long long) before, (unsigned long long) after);
 }
 
 static struct nbdkit_filter filter = {

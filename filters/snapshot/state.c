@@ -98,7 +98,7 @@ save_state (void)
   r = kv_write_file (S.dirfd, STATE_NAME, j.p, j.len);
   e = errno;
   jb_free (&j);
-  if (r == -1 && e != ENOMEM)
+  if (r == -1 && !statefile_short_of (e))
     failure_set (&S.fail, "snapshot", e, "writing the state file of "
                  "snapshot-dir %s (the old one is still in place)", S.dir);
   else if (r == -2)
@@ -541,6 +541,7 @@ create_state (uint32_t bs)
   S.next_id = 1;
   a = new_layer (NULL, why, sizeof why);
   if (a == NULL) {
+    hint_open_files (why, sizeof why, 1);
     nbdkit_error ("snapshot-dir %s: %s", S.dir, why);
     return -1;
   }

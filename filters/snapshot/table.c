@@ -108,10 +108,8 @@ new_layer (struct layer *parent, char *why, size_t whylen)
     return NULL;
   }
   l = layer_open (S.dirfd, S.next_id, &S.g, true, why, whylen);
-  if (l == NULL) {
-    hint_open_files (why, whylen, 0);
+  if (l == NULL)
     return NULL;                /* errno from layer_open */
-  }
   if (alloc_slot (l) == -1) {
     snprintf (why, whylen, "too many layers (at most %d)", MAX_SLOTS - 1);
     errno = ENOSPC;
@@ -120,7 +118,6 @@ new_layer (struct layer *parent, char *why, size_t whylen)
   if (save_layer (l, true, "writing the map of a new layer") == -1) {
     snprintf (why, whylen, "cannot write the map of a new layer: %s",
               strerror (errno));
-    hint_open_files (why, whylen, 0);
     S.slots[l->slot] = NULL;
     goto err;
   }
