@@ -110,6 +110,7 @@ TESTS = \
 	tests/test-snapshot-unaligned.sh \
 	tests/test-snapshot-views.sh \
 	tests/test-stack-crashloop.sh \
+	tests/test-stack-openfiles.sh \
 	tests/test-stack-powerloss.sh \
 	tests/test-stack-soak.sh \
 	tests/test-stack-stress.sh \

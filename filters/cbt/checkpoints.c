@@ -172,8 +172,7 @@ push_ckpt (struct command *cmd, struct ckpt *c)
     snprintf (what, sizeof what, "cannot seal the bitmap of '%s'",
               old->name);
     if (r == -1)
-      return command_fail (cmd, command_errno_name (e), "%s: %s", what,
-                           strerror (e));
+      return command_fail_errno (cmd, e, "%s", what);
     if (r == -2)
       return fail_hard (cmd, e, what);
   }
@@ -189,8 +188,7 @@ push_ckpt (struct command *cmd, struct ckpt *c)
       nbdkit_error ("cbt: cannot remove the unused bitmap: %m (no state "
                     "names it: it is removed at the next start)");
     reactivate (old);
-    return command_fail (cmd, command_errno_name (e), "cannot create the "
-                         "bitmap: %s", strerror (e));
+    return command_fail_errno (cmd, e, "cannot create the bitmap");
   }
   /* 3. The state names c: the commit. */
   T.cps[T.ncps++] = c;
@@ -203,8 +201,7 @@ push_ckpt (struct command *cmd, struct ckpt *c)
       nbdkit_error ("cbt: cannot remove the unused bitmap: %m (no state "
                     "names it: it is removed at the next start)");
     reactivate (old);
-    return command_fail (cmd, command_errno_name (e),
-                         "cannot write the state file: %s", strerror (e));
+    return command_fail_errno (cmd, e, "cannot write the state file");
   }
   bm_make_active (c);
   if (r == -2)
@@ -264,9 +261,8 @@ flush_push_ckpt (struct command *cmd, struct ckpt *c, nbdkit_next *below)
     r = -1;
   else if (below && below->can_flush (below) == 1 &&
            below->flush (below, 0, &err) == -1)
-    r = command_fail (cmd, command_errno_name (err), "cannot flush the "
-                      "disk below before the checkpoint: %s",
-                      strerror (err));
+    r = command_fail_errno (cmd, err, "cannot flush the disk below "
+                            "before the checkpoint");
   else
     r = push_ckpt (cmd, c);
   if (r == -1 && active_ckpt () != c)
@@ -345,18 +341,14 @@ remove_ckpt (struct command *cmd, size_t i, struct ckpt **prev)
     r = bm_write (p, c, !was_active);
     e = errno;
     if (r == -1)
-      return command_fail (cmd, command_errno_name (e),
-                           "cannot save the merged bitmap: %s",
-                           strerror (e));
+      return command_fail_errno (cmd, e, "cannot save the merged bitmap");
     sbm_or (&p->bits, &c->bits, false); /* as the file now says */
     if (r == -2)
       return fail_hard (cmd, e, "the merged bitmap is in place, but "
                         "cbt-dir could not be made durable");
     if (was_active && bm_open (p) == -1) {
       e = errno;
-      return command_fail (cmd, command_errno_name (e),
-                           "cannot open the merged bitmap: %s",
-                           strerror (e));
+      return command_fail_errno (cmd, e, "cannot open the merged bitmap");
     }
     p_inconsistent = ckpt_inconsistent (p);
     if (ckpt_inconsistent (c))
@@ -378,8 +370,7 @@ remove_ckpt (struct command *cmd, size_t i, struct ckpt **prev)
         p->fd = -1;
       }
     }
-    return command_fail (cmd, command_errno_name (e),
-                         "cannot write the state file: %s", strerror (e));
+    return command_fail_errno (cmd, e, "cannot write the state file");
   }
   /* 3. Done: p's file held all its bits when it was written, and no
    * write came in since.

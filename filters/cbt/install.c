@@ -296,15 +296,15 @@ commit_chain (struct command *cmd, struct ckpt **v, size_t n)
     }
     if (r == -1) {
       unlink_new (v, i);
-      return command_fail (cmd, command_errno_name (e), "cannot write the "
-                           "bitmap of '%s': %s", v[i]->name, strerror (e));
+      return command_fail_errno (cmd, e, "cannot write the bitmap of '%s'",
+                                 v[i]->name);
     }
   }
   if (bm_open (v[n - 1]) == -1) {
     e = errno;
     unlink_new (v, n);
-    return command_fail (cmd, command_errno_name (e), "cannot open the "
-                         "bitmap of '%s': %s", v[n - 1]->name, strerror (e));
+    return command_fail_errno (cmd, e, "cannot open the bitmap of '%s'",
+                               v[n - 1]->name);
   }
   /* 2. The state names the new chain: the commit. */
   T.cps = v;
@@ -318,8 +318,7 @@ commit_chain (struct command *cmd, struct ckpt **v, size_t n)
     close (v[n - 1]->fd);
     v[n - 1]->fd = -1;
     unlink_new (v, n);
-    return command_fail (cmd, command_errno_name (e), "cannot write the "
-                         "state file: %s", strerror (e));
+    return command_fail_errno (cmd, e, "cannot write the state file");
   }
   bm_make_active (v[n - 1]);
   /* 3. The replaced checkpoints' files go (strays if this fails). */

@@ -43,6 +43,23 @@ command_fail (struct command *cmd, const char *ename, const char *fmt, ...)
   return -1;
 }
 
+int
+command_fail_errno (struct command *cmd, int e, const char *fmt, ...)
+{
+  va_list ap;
+  size_t n;
+
+  cmd->ename = command_errno_name (e);
+  va_start (ap, fmt);
+  vsnprintf (cmd->why, sizeof cmd->why, fmt, ap);
+  va_end (ap);
+  n = strlen (cmd->why);
+  snprintf (cmd->why + n, sizeof cmd->why - n, ": %s%s", strerror (e),
+            e == EMFILE || e == ENFILE ? "; raise nbdkit's limit of open "
+            "files (ulimit -n)" : "");
+  return -1;
+}
+
 const char *
 command_errno_name (int e)
 {

@@ -36,6 +36,14 @@ int command_fail (struct command *cmd, const char *ename, const char *fmt,
                   ...)
   __attribute__ ((format (printf, 3, 4), nonnull (1, 2, 3)));
 
+/* Fail the command for a failed system call: the errno name of e (see
+ * command_errno_name), the message followed by ": " and strerror (e),
+ * and, when e says nbdkit ran out of descriptors (EMFILE, ENFILE), which
+ * limit to raise.  Returns -1.
+ */
+int command_fail_errno (struct command *cmd, int e, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4), nonnull (1, 3)));
+
 /* The errno name a command reports for a failed system call: ENOSPC
  * (also for EDQUOT), EROFS, ENOMEM, else EIO.
  */

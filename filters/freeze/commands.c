@@ -126,12 +126,14 @@ point_new (struct command *c, const char *name)
   snprintf (p->name, sizeof p->name, "%s", name);
   if (scratch_open (p) == -1) {
     int e = errno;
-    command_fail (c, e == ENOSPC ? "ENOSPC" : e == EFBIG ? "EFBIG" : "EIO",
-                  "cannot create scratch space in freeze-dir: %s",
-                  e == EFBIG ? "its file system cannot hold even one "
-                  "block, or the disk would need more than "
-                  FILESIZE_STR (FILESIZE_MAX_SEGS) " scratch "
-                  "files (a file size limit, ulimit -f?)" : strerror (e));
+    if (e == EFBIG)
+      command_fail (c, "EFBIG", "cannot create scratch space in freeze-dir: "
+                    "its file system cannot hold even one block, or the "
+                    "disk would need more than "
+                    FILESIZE_STR (FILESIZE_MAX_SEGS) " scratch files (a "
+                    "file size limit, ulimit -f?)");
+    else
+      command_fail_errno (c, e, "cannot create scratch space in freeze-dir");
     point_free (p);
     return NULL;
   }
