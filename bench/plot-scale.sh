@@ -83,10 +83,10 @@ set grid
 set key below font ",8"
 set style data linespoints
 set title "create: median round trip (ms)"
-plot "$s" u 1:6 t "@snapshot:create" lw 2 pt 7, \
-     "$s" u 1:8 t "@cbt:create" lw 2 pt 5, \
-     "$q" u 1:6 t "qemu-img snapshot -c" dt 2 pt 6, \
-     "$q" u 1:8 t "qemu-img bitmap --add" dt 2 pt 4
+plot "$s" u 1:5 t "@snapshot:create" lw 2 pt 7, \
+     "$s" u 1:7 t "@cbt:create" lw 2 pt 5, \
+     "$q" u 1:5 t "qemu-img snapshot -c" dt 2 pt 6, \
+     "$q" u 1:7 t "qemu-img bitmap --add" dt 2 pt 4
 set title "revert and lists (ms)"
 plot "$s" u 1:11 t "@snapshot:revert" lw 2 pt 7, \
      "$s" u 1:9 t "@snapshot:list" lw 2 pt 5, \
