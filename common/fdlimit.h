@@ -8,7 +8,21 @@
 #ifndef NBDSNAP_FDLIMIT_H
 #define NBDSNAP_FDLIMIT_H
 
+#include <errno.h>
+#include <stdbool.h>
 #include <sys/resource.h>
+
+/* What every message about running out of descriptors ends with. */
+#define FDLIMIT_HINT "raise nbdkit's limit of open files (ulimit -n)"
+
+/* Did a call fail because the process (or system) ran out of
+ * descriptors?
+ */
+static inline bool
+fdlimit_exhausted (int e)
+{
+  return e == EMFILE || e == ENFILE;
+}
 
 /* Raise the soft limit on open files (RLIMIT_NOFILE) to the hard limit,
  * as daemons that hold many files do.  Puts the limits before and after

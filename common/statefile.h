@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fdlimit.h"
+
 #define SHA256_LEN 32
 
 /* Atomically replace dir/name with len bytes of buf (written to
@@ -34,7 +36,7 @@ int statefile_write (int dirfd, const char *name, const void *buf, size_t len)
 static inline int
 statefile_short_of (int e)
 {
-  return e == ENOMEM || e == EMFILE || e == ENFILE;
+  return e == ENOMEM || fdlimit_exhausted (e);
 }
 
 /* Read the whole of dir/name into a malloc'd buffer (NUL-terminated for

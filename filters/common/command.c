@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "command.h"
+#include "fdlimit.h"
 #include "policy.h"
 
 int
@@ -55,8 +56,7 @@ command_fail_errno (struct command *cmd, int e, const char *fmt, ...)
   va_end (ap);
   n = strlen (cmd->why);
   snprintf (cmd->why + n, sizeof cmd->why - n, ": %s%s", strerror (e),
-            e == EMFILE || e == ENFILE ? "; raise nbdkit's limit of open "
-            "files (ulimit -n)" : "");
+            fdlimit_exhausted (e) ? "; " FDLIMIT_HINT : "");
   return -1;
 }
 

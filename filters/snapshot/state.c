@@ -18,6 +18,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "fdlimit.h"
 #include "json.h"
 #include "kvtext.h"
 #include "ldata.h"
@@ -411,7 +412,7 @@ refuse_layer (char *why, size_t whylen, size_t nlayers, const char *where)
 {
   if (errno == ENOMEM)
     refuse ("%s", why);
-  else if (errno == EMFILE || errno == ENFILE) {
+  else if (fdlimit_exhausted (errno)) {
     hint_open_files (why, whylen, nlayers);
     refuse ("%s", why);
   }

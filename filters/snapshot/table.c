@@ -13,6 +13,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "fdlimit.h"
 #include "ldata.h"
 #include "lockscope.h"
 #include "store-internal.h"
@@ -28,13 +29,12 @@ hint_open_files (char *why, size_t whylen, size_t nlayers)
   size_t len = strlen (why);
   size_t i;
 
-  if ((e == EMFILE || e == ENFILE) && len < whylen) {
+  if (fdlimit_exhausted (e) && len < whylen) {
     if (nlayers == 0)
       for (i = 1; i < MAX_SLOTS; ++i)
         nlayers += S.slots[i] != NULL;
     snprintf (why + len, whylen - len, "; the %zu layers keep %u data "
-              "file%s open each; raise nbdkit's limit of open files "
-              "(ulimit -n)", nlayers, ldata_layout.nseg,
+              "file%s open each; " FDLIMIT_HINT, nlayers, ldata_layout.nseg,
               ldata_layout.nseg == 1 ? "" : "s");
   }
   errno = e;
